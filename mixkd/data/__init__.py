@@ -1,0 +1,71 @@
+"""Dataset registry. A factory takes (root, **params) and returns a `Dataset` that hands out loaders.
+
+Datasets that fit in memory are `InMemoryDataset`s: uint8 NCHW tensors that the device-resident
+loader moves to the device once, so no epoch ever waits on Python-side decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .loader import DeviceLoader
+
+DATASETS: Registry = Registry("dataset")
+
+
+class Dataset(Protocol):
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+    def train_loader(self, batch_size: int, device: torch.device, seed: int) -> Iterable[tuple[Tensor, Tensor]]: ...
+
+    def eval_loader(self, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]: ...
+
+
+@dataclass
+class InMemoryDataset:
+    """uint8 images (N, C, H, W) and int64 labels for the training split and the evaluation split."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    eval_x: Tensor
+    eval_y: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 0
+    flip: bool = False
+    eval_split: str = "test"  # "val" when a validation split was held out of train
+
+    @property
+    def in_chans(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def img_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    def train_loader(self, batch_size: int, device: torch.device, seed: int) -> DeviceLoader:
+        return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
+                            shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed)
+
+    def eval_loader(self, batch_size: int, device: torch.device) -> DeviceLoader:
+        return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)
+
+
+def create_dataset(name: str, root: str | Path | None = None, **params) -> Dataset:
+    return DATASETS.get(name, "dataset.name")(root=Path(root) if root is not None else None, **params)
+
+
+from . import digits, synthetic  # noqa: E402,F401  (registration)
+
+__all__ = ["DATASETS", "Dataset", "InMemoryDataset", "DeviceLoader", "create_dataset"]

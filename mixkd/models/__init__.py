@@ -1,0 +1,37 @@
+"""Model registry: `create_model(name, num_classes=..., in_chans=..., img_size=...)`, like timm.
+
+Factories take (num_classes, in_chans, img_size, **kwargs) and return a `StagedNet`. Names starting
+with ``timm/`` are built by timm itself (see `timm_models`).
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Features, StagedNet, count_parameters
+
+MODELS: Registry = Registry("model")
+
+TIMM_PREFIX = "timm/"
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int = 32, **kwargs) -> StagedNet:
+    if name.startswith(TIMM_PREFIX):
+        from .timm_models import create_timm_model
+
+        return create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
+                                 img_size=img_size, **kwargs)
+    return MODELS.get(name, "model")(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    return MODELS.names(pattern)
+
+
+def is_known_model(name: str) -> bool:
+    return name in MODELS or name.startswith(TIMM_PREFIX)
+
+
+# Importing the zoo modules registers their models.
+from . import small_cnn  # noqa: E402,F401
+
+__all__ = ["MODELS", "Features", "StagedNet", "count_parameters", "create_model", "list_models", "is_known_model"]
