@@ -32,6 +32,6 @@ def is_known_model(name: str) -> bool:
 
 
 # Importing the zoo modules registers their models.
-from . import small_cnn  # noqa: E402,F401
+from . import cifar_resnet, mobilenetv2, resnet_v2, shufflenet, small_cnn, vgg, wrn  # noqa: E402,F401
 
 __all__ = ["MODELS", "Features", "StagedNet", "count_parameters", "create_model", "list_models", "is_known_model"]

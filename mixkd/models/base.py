@@ -1,6 +1,6 @@
 """The contract every mixkd model follows.
 
-A model is stem → stages → pool → classifier. Keeping that shape explicit (rather than one opaque
+A model is stem → stages → pool → head. Keeping that shape explicit (rather than one opaque
 `forward`) is what lets analyses read the penultimate features and each stage's output, and lets
 manifold mixup mix the hidden state in front of any stage, for every architecture alike.
 Subclasses keep their reference implementation's attribute names so foreign checkpoints load
@@ -34,7 +34,7 @@ class StagedNet(nn.Module):
     def pool(self, h: Tensor) -> Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1)
 
-    def classifier(self, features: Tensor) -> Tensor:
+    def head(self, features: Tensor) -> Tensor:
         raise NotImplementedError
 
     @property
@@ -54,7 +54,7 @@ class StagedNet(nn.Module):
         if mix_at is not None and mix_at == len(outs):
             h = mix_fn(h)
         pooled = self.pool(h)
-        logits = self.classifier(pooled)
+        logits = self.head(pooled)
         return (logits, Features(outs, pooled)) if return_features else logits
 
 

@@ -23,7 +23,7 @@ class SmallCNN(StagedNet):
     def stages(self):
         return self.layers
 
-    def classifier(self, features):
+    def head(self, features):
         return self.fc(features)
 
 
