@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
@@ -36,7 +37,9 @@ class MixResult:
 
     def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
         """λ·smooth(onehot(y_a)) + (1-λ)·smooth(onehot(y_b)): a distribution over classes per sample."""
-        return self.interpolate(smooth_one_hot(self.y_a, num_classes, smoothing))
+        lam = self.lam[:, None].float()
+        return (lam * smooth_one_hot(self.y_a, num_classes, smoothing)
+                + (1 - lam) * smooth_one_hot(self.y_b, num_classes, smoothing))
 
     def interpolate(self, values: Tensor) -> Tensor:
         """λ·v + (1-λ)·v[index] per sample, e.g. teacher probabilities of the clean batch."""
@@ -44,10 +47,12 @@ class MixResult:
         return lam * values + (1 - lam) * values[self.index]
 
     def mix_hidden(self, h: Tensor) -> Tensor:
+        """What manifold mixup applies to the hidden state in front of `stage` (StagedNet's mix_fn)."""
         return self.interpolate(h)
 
 
 def smooth_one_hot(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
+    """(1-s)·onehot(y) + s/K: label smoothing spreads mass s uniformly over all K classes."""
     off = smoothing / num_classes
     return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)
 
@@ -68,6 +73,14 @@ def partners(rng: np.random.Generator, n: int, device) -> Tensor:
     return torch.as_tensor(rng.permutation(n), device=device)
 
 
+def blend(x: Tensor, y: Tensor, index: np.ndarray, lam: np.ndarray) -> MixResult:
+    """The convex combination λ·x + (1-λ)·x[index] shared by the mixup family."""
+    index = torch.as_tensor(index, device=x.device)
+    lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    w = lam_t.view(-1, *([1] * (x.dim() - 1)))
+    return MixResult(w * x + (1 - w) * x[index], y, y[index], lam_t, index)
+
+
 @MIXERS.register()
 def none(x: Tensor, y: Tensor, rng: np.random.Generator) -> MixResult:
     return identity(x, y)
@@ -75,40 +88,138 @@ def none(x: Tensor, y: Tensor, rng: np.random.Generator) -> MixResult:
 
 @MIXERS.register()
 def mixup(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0, per_sample: bool = False) -> MixResult:
-    """Zhang et al. 2018: convex combination of image pairs and of their labels."""
+    """Zhang et al. 2018: convex combination of image pairs and of their labels.
+
+    One λ per batch by default, as in the reference; `per_sample` draws one λ per sample.
+    """
+    index = rng.permutation(len(y))
+    return blend(x, y, index, draw_lam(rng, alpha, len(y), per_sample))
+
+
+@MIXERS.register()
+def fmu(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0) -> MixResult:
+    """MIX-KD's full mixup (Choi et al. WACV 2023, `FMU`): every sample mixed, λ ~ Beta(α, α) per sample.
+
+    The reference mixes x[rp1[i]] with x[rp2[i]] for two random permutations; that is the same
+    distribution as mixing x[i] with x[π(i)] for one random permutation π (as here), up to batch order.
+    α is the reference's `beta_a` (default 1.0).
+    """
+    return mixup(x, y, rng, alpha=alpha, per_sample=True)
+
+
+@MIXERS.register()
+def pmu(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0, mixed_fraction: float = 0.1,
+        reference_sampling: bool = False) -> MixResult:
+    """MIX-KD's partial mixup (`PMU`): FMU, then part of the batch is left clean (λ = 1, partner = itself).
+
+    Default: exactly round(mixed_fraction·B) samples (half up), chosen without replacement, are mixed
+    (λ ~ Beta, partner from a permutation of the whole batch, which may be the sample itself, as in mixup).
+    `reference_sampling: true` reproduces the reference instead: it draws int(B·partmixup) indices
+    *with* replacement (torch.randint) and sets their λ to 1, with partmixup = 1 - mixed_fraction.
+    Its nominal "10% mixed" (partmixup 0.9) thus mixes B·(1-1/B)^int(0.9B) samples on average:
+    40.7% of a batch of 64; partmixup 1.0 still mixes ~37%. Every λ is drawn first, as there.
+    """
+    n = len(y)
+    index, lam = rng.permutation(n), draw_lam(rng, alpha, n, per_sample=True)
+    if reference_sampling:
+        clean = rng.integers(0, n, size=int(n * (1 - mixed_fraction) + 1e-9))
+    else:
+        clean = rng.choice(n, size=n - int(mixed_fraction * n + 0.5), replace=False)
+    lam[clean], index[clean] = 1.0, clean
+    return blend(x, y, index, lam)
+
+
+@MIXERS.register()
+def manifold_mixup(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 2.0,
+                   stages: Sequence[int] = (0, 1, 2), per_sample: bool = False) -> MixResult:
+    """Verma et al. 2019: mixup of the hidden state in front of a stage drawn uniformly from `stages`.
+
+    `x` stays the clean batch; the model applies `mix_hidden` via
+    `forward(x, mix_at=result.stage, mix_fn=result.mix_hidden)`. One λ per batch and α = 2 as in
+    the reference's CIFAR runs. Stage 0 mixes the stem's output (the reference's layer 0 is the raw
+    input; the same thing for models whose stem is the identity).
+    """
     index = partners(rng, len(y), x.device)
     lam = torch.as_tensor(draw_lam(rng, alpha, len(y), per_sample), dtype=x.dtype, device=x.device)
-    w = lam.view(-1, *([1] * (x.dim() - 1)))
-    return MixResult(w * x + (1 - w) * x[index], y, y[index], lam, index)
+    return MixResult(x, y, y[index], lam, index, stage=int(stages[rng.integers(len(stages))]))
 
 
-def box_masks(rng: np.random.Generator, lam: np.ndarray, h: int, w: int) -> np.ndarray:
-    """One box per sample with area ≈ (1-λ)·H·W and a uniform centre, clipped to the image (CutMix)."""
-    n = len(lam)
-    cut = np.sqrt(1.0 - lam)
+def boxes(rng: np.random.Generator, cut: np.ndarray, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """Boxes of side int(cut·H) × int(cut·W), uniform centre, clipped to the image (CutMix's rand_bbox).
+
+    Returns (y0, y1, x0, x1); an odd side loses a pixel (±side//2 around the centre), as in the reference.
+    """
+    n = len(cut)
     cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)
     bh, bw = (h * cut).astype(int), (w * cut).astype(int)
-    y0, y1 = np.clip(cy - bh // 2, 0, h), np.clip(cy + bh // 2, 0, h)
-    x0, x1 = np.clip(cx - bw // 2, 0, w), np.clip(cx + bw // 2, 0, w)
+    return (np.clip(cy - bh // 2, 0, h), np.clip(cy + bh // 2, 0, h),
+            np.clip(cx - bw // 2, 0, w), np.clip(cx + bw // 2, 0, w))
+
+
+def masks_of(box: tuple[np.ndarray, ...], h: int, w: int) -> np.ndarray:
+    y0, y1, x0, x1 = box
     rows, cols = np.arange(h), np.arange(w)
     inside_r = (rows[None] >= y0[:, None]) & (rows[None] < y1[:, None])
     inside_c = (cols[None] >= x0[:, None]) & (cols[None] < x1[:, None])
     return inside_r[:, :, None] & inside_c[:, None, :]
 
 
+def box_masks(rng: np.random.Generator, lam: np.ndarray, h: int, w: int) -> np.ndarray:
+    """One box per sample with area ≈ (1-λ)·H·W and a uniform centre, clipped to the image (CutMix)."""
+    return masks_of(boxes(rng, np.sqrt(1.0 - lam), h, w), h, w)
+
+
+def box_lam(box: tuple[np.ndarray, ...], h: int, w: int) -> np.ndarray:
+    """λ = 1 - (clipped box area) / (H·W): the exact share of pixels still from the base image."""
+    y0, y1, x0, x1 = box
+    return 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def pasted(x: Tensor, y: Tensor, index: np.ndarray, box: tuple[np.ndarray, ...], patch: Callable) -> MixResult:
+    """Write `patch(partners, y0, y1, x0, x1)` into each sample's box (one box: shared by the batch)."""
+    n, h, w = len(y), x.shape[-2], x.shape[-1]
+    groups = [slice(None)] if len(box[0]) == 1 else [slice(i, i + 1) for i in range(n)]
+    box = tuple(np.broadcast_to(b, (n,)) for b in box)
+    index_t = torch.as_tensor(index, device=x.device)
+    out, src = x.clone(), x[index_t]
+    for g in groups:
+        y0, y1, x0, x1 = (int(b[g][0]) for b in box)
+        if y1 > y0 and x1 > x0:
+            out[g, ..., y0:y1, x0:x1] = patch(src[g], y0, y1, x0, x1)
+    mask = torch.as_tensor(masks_of(box, h, w), dtype=x.dtype, device=x.device)[:, None]
+    lam = torch.as_tensor(box_lam(box, h, w), dtype=x.dtype, device=x.device)
+    return MixResult(out, y, y[index_t], lam, index_t, mask=mask)
+
+
 @MIXERS.register()
 def cutmix(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0, per_sample: bool = False) -> MixResult:
-    """Yun et al. 2019: paste a box from the partner; λ is corrected to the box area after clipping."""
+    """Yun et al. 2019: paste a box from the partner; λ is corrected to the box area after clipping.
+
+    One λ and one box for the whole batch by default, as in the reference; `per_sample` draws both per sample.
+    """
     n, h, w = len(y), x.shape[-2], x.shape[-1]
-    index = partners(rng, n, x.device)
-    lam = draw_lam(rng, alpha, n, per_sample)
-    if not per_sample:  # one box for the whole batch, as in the reference implementation
-        masks = np.repeat(box_masks(rng, lam[:1], h, w), n, axis=0)
-    else:
-        masks = box_masks(rng, lam, h, w)
-    mask = torch.as_tensor(masks, device=x.device, dtype=x.dtype)[:, None]
-    lam_area = 1.0 - mask.mean(dim=(1, 2, 3))
-    return MixResult(x * (1 - mask) + x[index] * mask, y, y[index], lam_area, index, mask=mask)
+    index = rng.permutation(n)
+    lam = draw_lam(rng, alpha, n if per_sample else 1, per_sample)
+    box = boxes(rng, np.sqrt(1.0 - lam), h, w)
+    return pasted(x, y, index, box, lambda s, y0, y1, x0, x1: s[..., y0:y1, x0:x1])
+
+
+@MIXERS.register()
+def resizemix(x: Tensor, y: Tensor, rng: np.random.Generator, scale: Sequence[float] = (0.1, 0.8),
+              per_sample: bool = False, interpolation: str = "nearest") -> MixResult:
+    """Qin et al. 2020: paste the whole partner, resized, into a random box; λ = 1 - pasted area.
+
+    As openmixup's `resizemix` (which follows the paper): side ratio τ ~ U(scale), box as CutMix's with
+    side int(τ·H), clipped to the image, and the partner resized to the *clipped* box (squeezed at a
+    border); nearest interpolation; one τ and box per batch unless `per_sample`.
+    (mmpretrain instead maps a Beta draw into [lam_min, lam_max] and uses bilinear resizing.)
+    """
+    n, h, w = len(y), x.shape[-2], x.shape[-1]
+    index = rng.permutation(n)
+    tau = rng.uniform(scale[0], scale[1], size=n if per_sample else 1)
+    box = boxes(rng, tau, h, w)
+    return pasted(x, y, index, box,
+                  lambda s, y0, y1, x0, x1: F.interpolate(s, size=(y1 - y0, x1 - x0), mode=interpolation))
 
 
 @dataclass
@@ -142,3 +253,6 @@ def mixer_params(name: str) -> dict:
     """Parameter names and defaults of a registered mixer (for `mixkd list mixers`)."""
     sig = inspect.signature(MIXERS.get(name))
     return {k: p.default for k, p in list(sig.parameters.items())[3:]}
+
+
+from . import transmix  # noqa: E402,F401  (registration)

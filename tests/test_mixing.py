@@ -1,0 +1,297 @@
+"""Mixing variants: hand-reproduced draws, exact λ bookkeeping, and λ / PMU statistics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from mixkd.errors import ConfigError
+from mixkd.mixing import MIXERS, Mixer, MixResult, fmu, manifold_mixup, mixer_params, mixup, pmu, resizemix
+from mixkd.models import create_model
+
+NAMES = ["none", "mixup", "cutmix", "fmu", "pmu", "manifold_mixup", "resizemix"]
+# every variant, with its non-default options too
+CONFIGS = [(n, {}) for n in NAMES] + [
+    ("mixup", {"per_sample": True}), ("cutmix", {"per_sample": True}), ("resizemix", {"per_sample": True}),
+    ("pmu", {"reference_sampling": True}), ("resizemix", {"interpolation": "bilinear"})]
+
+
+def batch(n=8, c=3, h=8, w=8, classes=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_registered():
+    assert set(NAMES) <= set(MIXERS)
+
+
+# --- hand-reproduced small cases ---------------------------------------------------------------
+
+def test_mixup_two_samples_by_hand():
+    x, y = torch.tensor([1.0, 3.0], dtype=torch.float64).view(2, 1, 1, 1), torch.tensor([0, 1])
+    r = rng(3)
+    perm, lam = r.permutation(2), r.beta(1.0, 1.0)  # the draws mixup makes, in order
+    res = mixup(x, y, rng(3))
+    other = [3.0, 1.0] if perm[0] == 1 else [1.0, 3.0]
+    assert res.index.tolist() == perm.tolist() and res.y_b.tolist() == perm.tolist()
+    assert torch.allclose(res.lam, torch.tensor([lam, lam], dtype=torch.float64))
+    assert res.x.flatten().tolist() == pytest.approx([lam * 1 + (1 - lam) * other[0], lam * 3 + (1 - lam) * other[1]])
+
+
+def test_mixup_per_sample_and_fmu_by_hand():
+    x, y = torch.tensor([1.0, 3.0], dtype=torch.float64).view(2, 1, 1, 1), torch.tensor([0, 1])
+    r = rng(5)
+    perm, lam = r.permutation(2), r.beta(0.4, 0.4, size=2)
+    for res in (mixup(x, y, rng(5), alpha=0.4, per_sample=True), fmu(x, y, rng(5), alpha=0.4)):
+        assert res.index.tolist() == perm.tolist()
+        assert res.lam.tolist() == pytest.approx(lam.tolist())
+        expect = [lam[i] * x[i].item() + (1 - lam[i]) * x[perm[i]].item() for i in range(2)]
+        assert res.x.flatten().tolist() == pytest.approx(expect)
+
+
+def test_cutmix_box_by_hand():
+    x, y = batch(n=2, h=8, w=8)
+    r = rng(11)
+    perm, lam0 = r.permutation(2), r.beta(1.0, 1.0)
+    cy, cx = r.integers(0, 8, size=1)[0], r.integers(0, 8, size=1)[0]
+    side = int(8 * math.sqrt(1 - lam0))
+    y0, y1 = max(cy - side // 2, 0), min(cy + side // 2, 8)
+    x0, x1 = max(cx - side // 2, 0), min(cx + side // 2, 8)
+    res = MIXERS.get("cutmix")(x, y, rng(11))
+    expect = x.clone()
+    expect[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    assert torch.equal(res.x, expect)
+    assert res.lam.tolist() == [1 - (y1 - y0) * (x1 - x0) / 64] * 2
+    assert res.mask[:, 0, y0:y1, x0:x1].all() and res.mask.sum() == 2 * (y1 - y0) * (x1 - x0)
+
+
+def test_resizemix_by_hand():
+    x, y = batch(n=2, h=8, w=8)
+    r = rng(2)
+    perm, tau = r.permutation(2), r.uniform(0.1, 0.8)
+    cy, cx = r.integers(0, 8, size=1)[0], r.integers(0, 8, size=1)[0]
+    side = int(8 * tau)
+    y0, y1 = max(cy - side // 2, 0), min(cy + side // 2, 8)
+    x0, x1 = max(cx - side // 2, 0), min(cx + side // 2, 8)
+    assert y1 > y0 and x1 > x0
+    res = resizemix(x, y, rng(2))
+    expect = x.clone()
+    expect[:, :, y0:y1, x0:x1] = F.interpolate(x[perm], size=(y1 - y0, x1 - x0), mode="nearest")
+    assert torch.equal(res.x, expect)
+    assert res.lam.tolist() == [1 - (y1 - y0) * (x1 - x0) / 64] * 2
+
+
+def test_resizemix_pastes_the_whole_partner():
+    """τ = 0.5 on 8×8: a 4×4 nearest-neighbour thumbnail (every second pixel) of the partner."""
+    x, y = batch(n=4, h=8, w=8)
+    for seed in range(40):
+        res = resizemix(x, y, rng(seed), scale=(0.5, 0.5))
+        rows, cols = torch.nonzero(res.mask[0, 0], as_tuple=True)
+        if len(rows) == 16:  # box not clipped
+            r0, c0 = rows.min().item(), cols.min().item()
+            assert torch.equal(res.x[:, :, r0:r0 + 4, c0:c0 + 4], x[res.index][:, :, ::2, ::2])
+            assert res.lam.tolist() == [0.75] * 4
+            return
+    pytest.fail("no unclipped box drawn")
+
+
+def test_resizemix_lambda_range():
+    x, y = batch(n=4, h=32, w=32)
+    lams = torch.cat([resizemix(x, y, rng(s)).lam for s in range(200)])
+    assert lams.min() >= 1 - (int(0.8 * 32) / 32) ** 2 and lams.max() <= 1
+
+
+def test_manifold_mixup_mixes_the_hidden_state():
+    x, y = batch(n=6, c=1, dtype=torch.float32)
+    model = create_model("cnn_tiny", num_classes=5, in_chans=1).eval()
+    res = manifold_mixup(x, y, rng(1), stages=[1])
+    assert res.x is x and res.stage == 1 and res.mask is None
+    h = model.layers[0](model.stem(x))
+    lam = res.lam.view(-1, 1, 1, 1)
+    h = lam * h + (1 - lam) * h[res.index]
+    expect = model.head(model.pool(model.layers[2](model.layers[1](h))))
+    with torch.no_grad():
+        assert torch.allclose(model(x, mix_at=res.stage, mix_fn=res.mix_hidden), expect, atol=1e-6)
+    # the stem of cnn_tiny is the identity: mixing in front of stage 0 is input mixup with the same draws
+    res0 = manifold_mixup(x, y, rng(2), stages=[0])
+    mixed_input = res0.interpolate(x)
+    with torch.no_grad():
+        assert torch.allclose(model(x, mix_at=0, mix_fn=res0.mix_hidden), model(mixed_input), atol=1e-6)
+
+
+def test_manifold_mixup_stage_is_uniform_over_allowed():
+    x, y = batch(n=2)
+    stages = [manifold_mixup(x, y, rng(s), stages=[0, 2, 3]).stage for s in range(600)]
+    counts = [stages.count(k) for k in (0, 2, 3)]
+    assert sum(counts) == 600 and stats.chisquare(counts).pvalue > 1e-3
+
+
+# --- λ bookkeeping and statistics ---------------------------------------------------------------
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("seed", range(20))
+def test_cutmix_lambda_is_one_minus_box_area(per_sample, seed):
+    x, y = batch(n=6, h=7, w=9, seed=seed)
+    res = MIXERS.get("cutmix")(x, y, rng(seed), per_sample=per_sample)
+    area = res.mask.sum(dim=(1, 2, 3)) / (7 * 9)
+    assert torch.equal(res.lam, 1 - area)
+    m = res.mask.bool().expand_as(x)
+    assert torch.equal(res.x[m], x[res.index][m]) and torch.equal(res.x[~m], x[~m])
+    if not per_sample:
+        assert (res.lam == res.lam[0]).all()
+
+
+def test_mixup_per_batch_lambda_is_shared_and_beta_distributed():
+    x, y = batch(n=4)
+    lams = []
+    for s in range(400):
+        lam = mixup(x, y, rng(s), alpha=0.4).lam
+        assert (lam == lam[0]).all()
+        lams.append(lam[0].item())
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 2.0])
+@pytest.mark.parametrize("mixer", ["mixup", "fmu", "pmu"])
+def test_per_sample_lambda_is_beta(mixer, alpha):
+    x, y = batch(n=2000, c=1, h=1, w=1)
+    params = {"mixup": {"per_sample": True}, "fmu": {}, "pmu": {"mixed_fraction": 0.5}}[mixer]
+    res = MIXERS.get(mixer)(x, y, rng(7), alpha=alpha, **params)
+    lam = res.lam[res.index != torch.arange(2000)] if mixer == "pmu" else res.lam  # pmu: the mixed half
+    assert stats.kstest(lam.numpy(), stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("n", [7, 64])
+def test_pmu_mixes_exactly_the_fraction(fraction, n):
+    x, y = batch(n=n, c=1, h=2, w=2)
+    res = pmu(x, y, rng(n), mixed_fraction=fraction)
+    drawn = res.lam < 1  # Beta(1, 1) draws are < 1 almost surely
+    assert drawn.sum().item() == int(fraction * n + 0.5)
+    clean = ~drawn
+    assert torch.equal(res.index[clean], torch.arange(n)[clean]) and torch.equal(res.x[clean], x[clean])
+
+
+def test_pmu_full_fraction_is_fmu():
+    x, y = batch(n=16)
+    a, b = pmu(x, y, rng(4), mixed_fraction=1.0), fmu(x, y, rng(4))
+    assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.index, b.index)
+
+
+def untouched_pmf(n: int, draws: int) -> np.ndarray:
+    """Exact law of the number of positions never hit by `draws` uniform draws with replacement."""
+    p = np.zeros(n + 1)
+    p[0] = 1.0  # p[k]: k distinct positions hit so far
+    for _ in range(draws):
+        p = p * np.arange(n + 1) / n + np.concatenate([[0.0], p[:-1] * (n - np.arange(n)) / n])
+    return p[::-1]  # index: untouched count = n - hit
+
+
+def test_pmu_reference_sampling_mixes_about_40_percent_of_64():
+    """The reference's partmixup 0.9 ('10% mixed') at B = 64: int(57.6) = 57 draws with replacement."""
+    n, draws = 64, int(64 * 0.9)
+    pmf = untouched_pmf(n, draws)
+    expected = n * (1 - 1 / n) ** draws
+    assert (np.arange(n + 1) * pmf).sum() == pytest.approx(expected)
+    assert expected / n == pytest.approx(0.4075, abs=5e-4)  # not 0.1
+
+    x, y = batch(n=n, c=1, h=1, w=1)
+    r = rng(0)
+    mixed = np.array([(pmu(x, y, r, mixed_fraction=0.1, reference_sampling=True).lam < 1).sum().item()
+                      for _ in range(3000)])
+    sd = math.sqrt(((np.arange(n + 1) - expected) ** 2 * pmf).sum())
+    assert abs(mixed.mean() - expected) < 4 * sd / math.sqrt(len(mixed))
+    # the whole law, not just the mean: chi-square over the well-populated counts
+    observed = np.bincount(mixed, minlength=n + 1)
+    keep = pmf * len(mixed) >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(pmf[keep], pmf[~keep].sum()) * len(mixed)
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+# --- targets and interpolation ------------------------------------------------------------------
+
+def test_soft_targets_by_hand():
+    res = MixResult(torch.zeros(1), torch.tensor([0]), torch.tensor([2]), torch.tensor([0.75]), torch.tensor([0]))
+    assert res.soft_targets(3).tolist() == [pytest.approx([0.75, 0.0, 0.25])]
+    # smoothing 0.3 over K = 3: onehot → [0.8, 0.1, 0.1]
+    assert res.soft_targets(3, smoothing=0.3).tolist() == [pytest.approx([0.625, 0.1, 0.275])]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("name,params", CONFIGS)
+def test_soft_targets_are_distributions(name, params, smoothing):
+    x, y = batch(n=16, classes=5)
+    t = Mixer(name, params)(x, y, rng(1)).soft_targets(5, smoothing)
+    assert t.shape == (16, 5) and (t >= 0).all()
+    assert torch.allclose(t.sum(dim=1), torch.ones(16))
+    if smoothing:
+        assert (t >= smoothing / 5 - 1e-7).all()
+
+
+def test_interpolate_formula():
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(5, 4, generator=g), dim=1)
+    res = MixResult(torch.zeros(5), torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long),
+                    torch.tensor([1.0, 0.0, 0.3, 0.5, 0.9]), torch.tensor([4, 2, 0, 3, 1]))
+    out = res.interpolate(p)
+    for i in range(5):
+        lam, j = res.lam[i], res.index[i]
+        assert torch.allclose(out[i], lam * p[i] + (1 - lam) * p[j])
+    assert torch.allclose(out.sum(dim=1), torch.ones(5))
+
+
+# --- identities and determinism -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", [("mixup", {"alpha": 0.0}), ("mixup", {"alpha": 0.0, "per_sample": True}),
+                                         ("fmu", {"alpha": 0.0}), ("cutmix", {"alpha": 0.0}),
+                                         ("pmu", {"alpha": 0.0}), ("pmu", {"mixed_fraction": 0.0}),
+                                         ("none", {})])
+def test_no_mixing_is_identity(name, params):
+    x, y = batch()
+    res = Mixer(name, params)(x, y, rng(0))
+    assert torch.equal(res.x, x) and (res.lam == 1).all()
+    assert torch.equal(res.soft_targets(5), F.one_hot(y, 5).float())
+
+
+def test_manifold_mixup_alpha_zero_is_identity():
+    x, y = batch()
+    res = manifold_mixup(x, y, rng(0), alpha=0.0)
+    h = torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    assert torch.equal(res.mix_hidden(h), h)
+
+
+@pytest.mark.parametrize("name,params", CONFIGS)
+def test_prob_zero_is_identity(name, params):
+    x, y = batch()
+    res = Mixer(name, params, prob=0.0)(x, y, rng(0))
+    assert res.x is x and (res.lam == 1).all() and torch.equal(res.index, torch.arange(8)) and res.stage is None
+
+
+@pytest.mark.parametrize("name,params", CONFIGS)
+def test_same_seed_same_result_and_input_untouched(name, params):
+    x, y = batch()
+    x0 = x.clone()
+    a, b = Mixer(name, params)(x, y, rng(9)), Mixer(name, params)(x, y, rng(9))
+    assert torch.equal(x, x0)
+    for f in ("x", "y_a", "y_b", "lam", "index", "mask"):
+        va, vb = getattr(a, f), getattr(b, f)
+        assert (va is None and vb is None) or torch.equal(va, vb), f
+    assert a.stage == b.stage
+    assert torch.equal(a.y_b, y[a.index]) and torch.equal(a.y_a, y)
+    assert ((a.lam >= 0) & (a.lam <= 1)).all()
+
+
+def test_params_are_checked_and_listed():
+    with pytest.raises(ConfigError, match="mixed_fraction"):
+        Mixer("pmu", {"fraction": 0.5})
+    assert mixer_params("pmu") == {"alpha": 1.0, "mixed_fraction": 0.1, "reference_sampling": False}
+    assert mixer_params("resizemix")["scale"] == (0.1, 0.8)
+    assert mixer_params("manifold_mixup")["stages"] == (0, 1, 2)
