@@ -66,6 +66,6 @@ def create_dataset(name: str, root: str | Path | None = None, **params) -> Datas
     return DATASETS.get(name, "dataset.name")(root=Path(root) if root is not None else None, **params)
 
 
-from . import digits, synthetic  # noqa: E402,F401  (registration)
+from . import cifar, digits, imagefolder, synthetic  # noqa: E402,F401  (registration)
 
 __all__ = ["DATASETS", "Dataset", "InMemoryDataset", "DeviceLoader", "create_dataset"]

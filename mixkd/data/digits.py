@@ -6,11 +6,16 @@ import numpy as np
 import torch
 
 from . import DATASETS, InMemoryDataset
+from .split import hold_out_val
 
 
 @DATASETS.register()
-def digits(root=None, test_fraction: float = 0.2, split_seed: int = 0, in_chans: int = 1) -> InMemoryDataset:
-    """1,797 images, 10 classes; a fixed stratified split (`split_seed`) so every run sees the same test set."""
+def digits(root=None, test_fraction: float = 0.2, split_seed: int = 0, in_chans: int = 1,
+           val_size: int = 0) -> InMemoryDataset:
+    """1,797 images, 10 classes; a fixed stratified split (`split_seed`) so every run sees the same test set.
+
+    `val_size` > 0 evaluates on that many images held out of the training split instead of the test set.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -21,6 +26,7 @@ def digits(root=None, test_fraction: float = 0.2, split_seed: int = 0, in_chans:
                                               random_state=split_seed, stratify=data.target)
     mean = float(x_tr.mean() / 255)
     std = float(x_tr.std() / 255)
-    return InMemoryDataset("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr).long(),
-                           torch.from_numpy(x_te), torch.from_numpy(y_te).long(), num_classes=10,
-                           mean=(mean,) * in_chans, std=(std,) * in_chans, crop_padding=1, flip=False)
+    ds = InMemoryDataset("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr).long(),
+                         torch.from_numpy(x_te), torch.from_numpy(y_te).long(), num_classes=10,
+                         mean=(mean,) * in_chans, std=(std,) * in_chans, crop_padding=1, flip=False)
+    return hold_out_val(ds, val_size, split_seed) if val_size else ds
