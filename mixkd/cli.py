@@ -1,0 +1,147 @@
+"""`mixkd` command line: run, ls, report, list."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import MixkdError
+
+DEFAULT_STUDY = "quickstart"
+LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules")
+
+
+def study_path(arg: str) -> Path:
+    """A path, or the name of a study in ./studies or in the source checkout's studies/."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    for folder in (Path("studies"), Path(__file__).resolve().parent.parent / "studies"):
+        if (folder / f"{arg}.yaml").exists():
+            return folder / f"{arg}.yaml"
+    raise MixkdError(f"study {arg!r}: no such file, and no studies/{arg}.yaml")
+
+
+def _load(args):
+    from .study import load_study
+
+    study = load_study(study_path(args.study))
+    out = Path(args.out) if args.out else study.output
+    return study, out
+
+
+def _overview(study, out):
+    from .tables import runs_table
+
+    cols = ["run_id", "role", "name", "model", "teacher", "mix", "temperature", "mixed_view", "loss", "seed", "status",
+            "top1_last"]
+    return runs_table(study, out).reindex(columns=cols)
+
+
+def cmd_run(args) -> int:
+    from .runner import resolve_device, run_study
+
+    study, out = _load(args)
+    if args.dry_run:
+        table = _overview(study, out)
+        print(table.drop(columns=["top1_last"]).to_string(index=False))
+        counts = table["role"].value_counts().reindex(["teacher", "scratch", "student"]).fillna(0).astype(int)
+        print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())}); "
+              f"{int((table['status'] != 'complete').sum())} to train; output {out}")
+        return 0
+    device = resolve_device(args.device)
+    data_root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
+    trained = run_study(study, out, device, data_root, retry_failed=args.retry_failed)
+    runs = _report(study, out)
+    failed = int((runs["status"] == "failed").sum())
+    print(f"{study.name}: trained {len(trained)}, {int((runs['status'] == 'complete').sum())}/{len(runs)} complete"
+          f"{f', {failed} failed (mixkd ls shows them; --retry-failed reruns them)' if failed else ''}; "
+          f"tables in {out}")
+    return 1 if failed else 0
+
+
+def _report(study, out):
+    from .plots import make_plots
+    from .tables import write_tables
+
+    runs, _ = write_tables(study, out)
+    make_plots(runs, out)
+    return runs
+
+
+def cmd_ls(args) -> int:
+    study, out = _load(args)
+    print(_overview(study, out).to_string(index=False))
+    return 0
+
+
+def cmd_report(args) -> int:
+    study, out = _load(args)
+    runs = _report(study, out)
+    print(f"{study.name}: {len(runs)} runs; tables and figures written to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import data, losses, metrics, mixing, models, schedules
+
+    if args.kind == "models":
+        shape = getattr(data.DATASETS.get(args.dataset, "--dataset"), "shape", None) if args.dataset else None
+        num_classes, in_chans, img_size = shape or (args.num_classes, 3, 32)
+        print(f"{'model':<16} {'params (M)':>10}   ({num_classes} classes, {in_chans}×{img_size}×{img_size})")
+        for name in models.list_models(args.pattern):
+            model = models.create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+            print(f"{name:<16} {models.count_parameters(model) / 1e6:>10.2f}")
+        print("timm/<name>      any timm model, e.g. timm/deit_tiny_patch16_224")
+        return 0
+    registry = {"datasets": data.DATASETS, "mixers": mixing.MIXERS, "losses": losses.LOSSES,
+                "metrics": metrics.METRICS, "schedules": schedules.SCHEDULES}[args.kind]
+    for name in registry.names(args.pattern):
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<16} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixkd", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def study_cmd(name, fn, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("study", nargs="?", default=DEFAULT_STUDY, help="study YAML (default: quickstart)")
+        s.add_argument("--out", help="output directory (default: the study's `output`, else out/<name>)")
+        s.set_defaults(fn=fn)
+        return s
+
+    r = study_cmd("run", cmd_run, "train every unfinished run of a study, then write tables and figures")
+    r.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    r.add_argument("--data-root", help="dataset root (default: $MIXKD_DATA_ROOT)")
+    r.add_argument("--dry-run", action="store_true", help="print the expanded runs and their count; train nothing")
+    r.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
+    study_cmd("ls", cmd_ls, "the expanded grid with each run's status")
+    study_cmd("report", cmd_report, "rebuild tables and figures from the run directories")
+    lst = sub.add_parser("list", help="what is registered")
+    lst.add_argument("kind", choices=LIST_KINDS)
+    lst.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    lst.add_argument("--dataset", help="models: count parameters for this dataset's classes and image size")
+    lst.add_argument("--num-classes", type=int, default=100)
+    lst.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MixkdError as e:
+        if args.debug:
+            raise
+        print(f"mixkd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Who sees the mixed images, and the Distiller that turns a batch into named losses.
+
+Follows mdistiller's contract: the teacher is always in eval mode, never updated, and
+`forward_train` returns the student's logits and a dict of named (weighted) loss parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .losses import LossInputs
+from .mixing import MixResult, smooth_one_hot
+
+
+@dataclass(frozen=True)
+class View:
+    student_mixed: bool  # the student's input is the mixed batch
+    teacher_mixed: bool  # the teacher's input is the mixed batch
+    interpolate_teacher: bool  # the teacher saw the clean batch: blend its outputs with the mix's λ and partners
+
+
+VIEWS: dict[str, View] = {
+    "none": View(False, False, False),
+    "student": View(True, False, True),  # p = λ·p_T(x_a) + (1-λ)·p_T(x_b): one clean teacher forward
+    "teacher": View(False, True, False),  # ablation: the student trains on clean images
+    "both": View(True, True, False),  # MIX-KD / DeiT: both see the identical mixed tensor
+}
+
+
+def forward_view(net: nn.Module, x: Tensor, mix: MixResult, mixed: bool) -> Tensor:
+    """Forward the clean or the mixed batch; manifold mixup mixes a hidden state instead of x."""
+    if not mixed:
+        return net(x)
+    if mix.stage is not None:
+        return net(x, mix_at=mix.stage, mix_fn=mix.mix_hidden)
+    return net(mix.x)
+
+
+class Distiller(nn.Module):
+    """Student (+ optional frozen teacher) → (logits, {part: loss}) for one batch."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, loss, view: str, num_classes: int,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.student, self.loss, self.view = student, loss, VIEWS[view]
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        if teacher is not None:
+            teacher.requires_grad_(False)
+        # Kept out of the module tree so `parameters()` / `state_dict()` are the student's alone.
+        self._teacher = [teacher] if teacher is not None else []
+        if getattr(loss, "uses_teacher", False) and teacher is None:
+            raise ValueError("this loss needs a teacher")
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm statistics of the teacher never move
+        return self
+
+    def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        v = self.view
+        logits = forward_view(self.student, x, mix, v.student_mixed)
+        if v.student_mixed:
+            targets = mix.soft_targets(self.num_classes, self.label_smoothing)
+        else:
+            targets = smooth_one_hot(y, self.num_classes, self.label_smoothing)
+        teacher_probs = None
+        if self.teacher is not None and self.loss.uses_teacher:
+            with torch.no_grad():
+                t_logits = forward_view(self.teacher, x, mix, v.teacher_mixed)
+                teacher_probs = self.loss.teacher_probs(t_logits.float())
+                if v.interpolate_teacher:
+                    teacher_probs = mix.interpolate(teacher_probs)
+        return logits, self.loss(LossInputs(logits, targets, teacher_probs, mix, epoch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)

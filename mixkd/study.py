@@ -1,0 +1,298 @@
+"""Study files: a YAML grid of teacher/student pairs × mix × temperature × mixed view × loss × seed.
+
+`load_study` validates the file; `expand` turns it into fully resolved run configs (every default
+filled in), each identified by a short hash of its config, teachers and baselines included.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from . import losses, mixing
+from .data import DATASETS
+from .errors import ConfigError, MixkdError
+from .models import MODELS, is_known_model
+from .schedules import SCHEDULES
+from .schema import coerce, from_dict, resolve_component
+
+MixedView = Literal["none", "student", "teacher", "both"]
+ROLES = ("teacher", "scratch", "student")  # the order runs are trained in
+
+
+@dataclass
+class Recipe:
+    """How one run trains. Defaults are the RepDistiller / MIX-KD CIFAR recipe."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Any = "multistep"  # a schedule name or {name: ..., **params}
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 500
+
+
+@dataclass
+class TeacherSpec:
+    model: str
+    mix: Any = "none"  # a "Mix-T" teacher is a teacher with `mix: mixup`
+    recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the study recipe
+    seed: int = 0
+
+
+@dataclass
+class StudentSpec:
+    model: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pair:
+    teacher: str
+    student: str
+
+
+@dataclass
+class Grid:
+    mix: list[Any] = field(default_factory=lambda: ["none"])
+    temperature: list[float] = field(default_factory=lambda: [4.0])
+    mixed_view: list[MixedView] = field(default_factory=lambda: ["student"])
+    loss: list[Any] = field(default_factory=lambda: ["kd"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class StudyFile:
+    name: str
+    dataset: Any
+    teachers: dict[str, TeacherSpec]
+    students: dict[str, StudentSpec]
+    recipe: dict[str, Any] = field(default_factory=dict)
+    pairs: list[Pair] | None = None  # default: every teacher with every student
+    grid: Grid = field(default_factory=Grid)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    baselines: bool = True
+    output: str | None = None
+    description: str = ""
+
+
+@dataclass
+class RunSpec:
+    """One run: `config` is what it computes (hashed into `run_id`); `labels` only name things."""
+
+    config: dict
+    labels: dict
+    run_id: str = ""
+
+    def __post_init__(self):
+        self.run_id = run_id(self.config)
+
+    @property
+    def role(self) -> str:
+        return self.config["role"]
+
+
+@dataclass
+class Study:
+    name: str
+    source: str
+    file: StudyFile
+    runs: list[RunSpec]
+    dataset: dict
+
+    @property
+    def output(self) -> Path:
+        return Path(self.file.output or Path("out") / self.name)
+
+
+def run_id(config: dict) -> str:
+    """Short stable hash: key order is irrelevant, any changed value gives a new id."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+AXES = ("teacher", "student", "mix", "temperature", "mixed_view", "loss", "seed")
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise MixkdError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise MixkdError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return parse_study(_normalise_students(raw), source=str(path))
+    except ConfigError as e:
+        if e.source is None:
+            raise ConfigError(e.path, str(e).split(": ", 1)[1], source=str(path)) from None
+        raise
+
+
+def _normalise_students(raw: Any) -> Any:
+    """`students: [resnet20, ...]` is shorthand for `{resnet20: {model: resnet20}, ...}`."""
+    if isinstance(raw, dict) and isinstance(raw.get("students"), list):
+        raw = dict(raw)
+        raw["students"] = {s if isinstance(s, str) else s.get("name", s.get("model")):
+                           {"model": s} if isinstance(s, str) else {k: v for k, v in s.items() if k != "name"}
+                           for s in raw["students"]}
+    return raw
+
+
+def parse_study(raw: Any, source: str = "<study>") -> Study:
+    f: StudyFile = from_dict(StudyFile, raw, "")
+    dataset = resolve_component(DATASETS, f.dataset, "dataset", skip=1)
+    base_recipe = _recipe(f.recipe, "recipe")
+    for where, specs in (("teachers", f.teachers), ("students", f.students)):
+        if not specs:
+            raise ConfigError(where, "needs at least one entry")
+        for key, spec in specs.items():
+            if not is_known_model(spec.model):
+                raise ConfigError(f"{where}.{key}.model", MODELS.unknown_message(spec.model))
+    pairs = f.pairs if f.pairs is not None else [Pair(t, s) for t in f.teachers for s in f.students]
+    for i, p in enumerate(pairs):
+        for role, name, known in (("teacher", p.teacher, f.teachers), ("student", p.student, f.students)):
+            if name not in known:
+                raise ConfigError(f"pairs[{i}].{role}", f"{name!r} is not defined; defined: {', '.join(known)}")
+
+    teacher_runs = {name: _teacher_run(name, spec, dataset, base_recipe) for name, spec in f.teachers.items()}
+    axes = _axes(f.grid)
+    points = [p for p in _grid_points(pairs, axes) if not any(_matches(p, e, f"exclude[{i}]")
+                                                               for i, e in enumerate(f.exclude))]
+    for i, inc in enumerate(f.include):
+        points += _include_points(inc, pairs, axes, f"include[{i}]")
+
+    runs: list[RunSpec] = list(teacher_runs.values())
+    if f.baselines:
+        for student, mix, seed in itertools.product(f.students, axes["mix"], axes["seed"]):
+            runs.append(_scratch_run(student, f.students[student], mix, seed, dataset, base_recipe))
+    for p in points:
+        runs.append(_student_run(p, f.students[p["student"]], teacher_runs[p["teacher"]], dataset, base_recipe))
+    unique = {}
+    for r in runs:
+        unique.setdefault(r.run_id, r)
+    ordered = sorted(unique.values(), key=lambda r: ROLES.index(r.role))  # stable: teachers first
+    return Study(f.name, source, f, ordered, dataset)
+
+
+def _recipe(overrides: dict, path: str, base: dict | None = None) -> dict:
+    merged = {**(base or {}), **overrides}
+    recipe = dataclasses.asdict(from_dict(Recipe, merged, path))
+    recipe["schedule"] = resolve_component(SCHEDULES, recipe["schedule"], f"{path}.schedule", skip=2)
+    return recipe
+
+
+def _mix(spec: Any, path: str) -> dict:
+    return resolve_component(mixing.MIXERS, spec, path, skip=3, extra={"prob": 1.0})
+
+
+def _loss(spec: Any, path: str) -> dict:
+    return resolve_component(losses.LOSSES, spec, path, skip=1)  # skip the temperature: its own axis
+
+
+def _axes(grid: Grid) -> dict[str, list]:
+    return {"mix": [_mix(m, f"grid.mix[{i}]") for i, m in enumerate(grid.mix)],
+            "temperature": grid.temperature,
+            "mixed_view": grid.mixed_view,
+            "loss": [_loss(l, f"grid.loss[{i}]") for i, l in enumerate(grid.loss)],
+            "seed": grid.seeds}
+
+
+def _grid_points(pairs: list[Pair], axes: dict[str, list]) -> list[dict]:
+    keys = ("mix", "temperature", "mixed_view", "loss", "seed")
+    return [{"teacher": p.teacher, "student": p.student, **dict(zip(keys, values))}
+            for p in pairs for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _matches(point: dict, pattern: dict, path: str) -> bool:
+    """A point matches when, for every key of the pattern, its value is one of the pattern's values.
+
+    A mix or loss pattern given by name matches that variant with any parameters; given as a mapping,
+    the parameters it names must be equal too.
+    """
+    for key, wanted in pattern.items():
+        axis = "seed" if key == "seeds" else key
+        if axis not in AXES:
+            raise ConfigError(f"{path}.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
+        if not any(_value_matches(point[axis], w, axis) for w in _as_list(wanted)):
+            return False
+    return True
+
+
+def _value_matches(value, wanted, axis: str) -> bool:
+    if axis in ("mix", "loss"):
+        wanted = {"name": wanted} if isinstance(wanted, str) else wanted
+        return all(value.get(k) == v for k, v in wanted.items())
+    if axis == "temperature":
+        return float(value) == float(wanted)
+    return value == wanted
+
+
+def _include_points(inc: dict, pairs: list[Pair], axes: dict[str, list], path: str) -> list[dict]:
+    """An include entry fixes some axes (one value or a list); the others span the whole grid."""
+    for key in inc:
+        if ("seed" if key == "seeds" else key) not in AXES:
+            raise ConfigError(f"{path}.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
+    fixed = {("seed" if k == "seeds" else k): _as_list(v) for k, v in inc.items()}
+    if "mix" in fixed:
+        fixed["mix"] = [_mix(m, f"{path}.mix") for m in fixed["mix"]]
+    if "loss" in fixed:
+        fixed["loss"] = [_loss(l, f"{path}.loss") for l in fixed["loss"]]
+    if "temperature" in fixed:
+        fixed["temperature"] = coerce(fixed["temperature"], list[float], f"{path}.temperature")
+    if "mixed_view" in fixed:
+        fixed["mixed_view"] = coerce(fixed["mixed_view"], list[MixedView], f"{path}.mixed_view")
+    pair_list = [p for p in pairs if p.teacher in fixed.get("teacher", [p.teacher])
+                 and p.student in fixed.get("student", [p.student])]
+    if "teacher" in fixed and "student" in fixed and not pair_list:
+        pair_list = [Pair(t, s) for t in fixed["teacher"] for s in fixed["student"]]
+    keys = ("mix", "temperature", "mixed_view", "loss", "seed")
+    return [{"teacher": p.teacher, "student": p.student, **dict(zip(keys, values))}
+            for p in pair_list for values in itertools.product(*(fixed.get(k, axes[k]) for k in keys))]
+
+
+def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, base_recipe: dict) -> RunSpec:
+    config = {"role": "teacher", "model": spec.model, "dataset": dataset,
+              "recipe": _recipe(spec.recipe, f"teachers.{name}.recipe", base_recipe),
+              "mix": _mix(spec.mix, f"teachers.{name}.mix"), "distill": None, "seed": spec.seed}
+    return RunSpec(config, {"name": name, "teacher": None, "student": None})
+
+
+def _scratch_run(name: str, spec: StudentSpec, mix: dict, seed: int, dataset: dict, base_recipe: dict) -> RunSpec:
+    config = {"role": "scratch", "model": spec.model, "dataset": dataset,
+              "recipe": _recipe(spec.recipe, f"students.{name}.recipe", base_recipe),
+              "mix": mix, "distill": None, "seed": seed}
+    return RunSpec(config, {"name": name, "teacher": None, "student": name})
+
+
+NO_MIX = {"name": "none", "prob": 1.0}
+
+
+def _student_run(p: dict, spec: StudentSpec, teacher: RunSpec, dataset: dict, base_recipe: dict) -> RunSpec:
+    mix, view = p["mix"], p["mixed_view"]
+    if mix["name"] == "none" or view == "none":  # nothing is mixed: one run, whatever the axis said
+        mix, view = copy.deepcopy(NO_MIX), "none"
+    config = {"role": "student", "model": spec.model, "dataset": dataset,
+              "recipe": _recipe(spec.recipe, f"students.{p['student']}.recipe", base_recipe),
+              "mix": mix, "seed": p["seed"],
+              "distill": {"teacher": teacher.run_id, "temperature": float(p["temperature"]),
+                          "mixed_view": view, "loss": p["loss"]}}
+    return RunSpec(config, {"name": p["student"], "teacher": p["teacher"], "student": p["student"]})

@@ -1,0 +1,77 @@
+"""Tidy tables from run directories: runs (one row per run) and epochs (one row per run × epoch).
+
+Rebuilt from the run directories every time, so they can never disagree with what was trained, and
+written deterministically so an unchanged study gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from .rundir import RunDir, atomic_write
+from .study import RunSpec, Study
+
+RUN_COLUMNS = ["run_id", "study", "role", "name", "model", "teacher", "student", "dataset", "mix", "mix_alpha",
+               "temperature", "mixed_view", "loss", "seed", "epochs", "status", "top1_last", "top1_best",
+               "train_seconds"]
+SUMMARY_SKIP = {"run_id", "traceback"}
+
+
+def _flat(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def _prefixed(prefix: str, component: dict) -> dict:
+    """{name: mixup, alpha: 1} → {mix: mixup, mix_alpha: 1}."""
+    return {prefix: component["name"], **{f"{prefix}_{k}": _flat(v) for k, v in component.items() if k != "name"}}
+
+
+def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec | None) -> dict:
+    c, d = spec.config, spec.config["distill"]
+    recipe = {k: _flat(v) for k, v in c["recipe"].items() if k != "schedule"}
+    row = {"run_id": spec.run_id, "study": study.name, "role": c["role"], "name": spec.labels["name"], "model": c["model"],
+           "teacher": spec.labels["teacher"], "student": spec.labels["student"],
+           "teacher_id": d["teacher"] if d else None,
+           "teacher_model": teacher.config["model"] if teacher else None,
+           "teacher_mix": teacher.config["mix"]["name"] if teacher else None,
+           **_prefixed("dataset", c["dataset"]), **_prefixed("mix", c["mix"]),
+           "temperature": d["temperature"] if d else None, "mixed_view": d["mixed_view"] if d else None,
+           **_prefixed("loss", d["loss"] if d else {"name": "ce"}),
+           "seed": c["seed"], **recipe, **_prefixed("schedule", c["recipe"]["schedule"]),
+           "status": summary["status"] if summary else "pending"}
+    row.update({k: v for k, v in (summary or {}).items() if k not in SUMMARY_SKIP and k not in row})
+    return row
+
+
+def runs_table(study: Study, out: Path) -> pd.DataFrame:
+    specs = {r.run_id: r for r in study.runs}
+    rows = []
+    for spec in study.runs:
+        d = spec.config["distill"]
+        rows.append(run_row(spec, study, RunDir(out, spec.run_id).read_summary(), specs[d["teacher"]] if d else None))
+    df = pd.DataFrame(rows)
+    extra = [c for c in df.columns if c not in RUN_COLUMNS]
+    return df.reindex(columns=RUN_COLUMNS + extra)
+
+
+def epochs_table(study: Study, out: Path) -> pd.DataFrame:
+    rows = [{"run_id": spec.run_id, **record} for spec in study.runs for record in RunDir(out, spec.run_id).read_epochs()]
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "epoch", "lr", "train_loss", "test_top1",
+                                                         "test_loss", "seconds"])
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def write_tables(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs, epochs = runs_table(study, out), epochs_table(study, out)
+    atomic_write(out / "runs.csv", runs.to_csv(index=False))
+    atomic_write(out / "runs.parquet", _parquet_bytes(runs))
+    atomic_write(out / "epochs.parquet", _parquet_bytes(epochs))
+    return runs, epochs
