@@ -104,6 +104,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench.loader import bench_loader, print_loader_bench
+
+    root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
+    if not root:
+        raise MixkdError("bench loader: needs the CIFAR-100 files; pass --data-root or set MIXKD_DATA_ROOT")
+    from .runner import resolve_device
+
+    rows = bench_loader(root, resolve_device(args.device), batches=args.batches)
+    print_loader_bench(rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixkd", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
@@ -129,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--dataset", help="models: count parameters for this dataset's classes and image size")
     lst.add_argument("--num-classes", type=int, default=100)
     lst.set_defaults(fn=cmd_list)
+    bench = sub.add_parser("bench", help="measure throughput against a reference pipeline in the same process")
+    bench.add_argument("what", choices=["loader"], help="loader: CIFAR-100 torchvision DataLoader vs device loader")
+    bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    bench.add_argument("--data-root", help="CIFAR-100 root (default: $MIXKD_DATA_ROOT)")
+    bench.add_argument("--batches", type=int, default=200, help="batches of 64 timed per pipeline")
+    bench.set_defaults(fn=cmd_bench)
     return p
 
 

@@ -30,15 +30,6 @@ VIEWS: dict[str, View] = {
 }
 
 
-def forward_view(net: nn.Module, x: Tensor, mix: MixResult, mixed: bool) -> Tensor:
-    """Forward the clean or the mixed batch; manifold mixup mixes a hidden state instead of x."""
-    if not mixed:
-        return net(x)
-    if mix.stage is not None:
-        return net(x, mix_at=mix.stage, mix_fn=mix.mix_hidden)
-    return net(mix.x)
-
-
 class Distiller(nn.Module):
     """Student (+ optional frozen teacher) → (logits, {part: loss}) for one batch."""
 
@@ -66,15 +57,16 @@ class Distiller(nn.Module):
 
     def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         v = self.view
-        logits = forward_view(self.student, x, mix, v.student_mixed)
         if v.student_mixed:
+            logits, mix = mix.forward_student(self.student, x)  # TransMix relabels from the student's attention
             targets = mix.soft_targets(self.num_classes, self.label_smoothing)
         else:
+            logits = self.student(x)
             targets = smooth_one_hot(y, self.num_classes, self.label_smoothing)
         teacher_probs = None
         if self.teacher is not None and self.loss.uses_teacher:
             with torch.no_grad():
-                t_logits = forward_view(self.teacher, x, mix, v.teacher_mixed)
+                t_logits = mix.forward(self.teacher, x) if v.teacher_mixed else self.teacher(x)
                 teacher_probs = self.loss.teacher_probs(t_logits.float())
                 if v.interpolate_teacher:
                     teacher_probs = mix.interpolate(teacher_probs)

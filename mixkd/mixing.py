@@ -50,6 +50,17 @@ class MixResult:
         """What manifold mixup applies to the hidden state in front of `stage` (StagedNet's mix_fn)."""
         return self.interpolate(h)
 
+    def forward(self, net, x: Tensor) -> Tensor:
+        """`net`'s logits on this mixed batch; `x` is the clean batch, which manifold mixup starts from."""
+        if self.stage is not None:
+            return net(x, mix_at=self.stage, mix_fn=self.mix_hidden)
+        return net(self.x)
+
+    def forward_student(self, net, x: Tensor) -> tuple[Tensor, "MixResult"]:
+        """The student's logits and the mix its targets come from; variants whose labels depend on
+        the student's forward (TransMix) return a relabelled mix."""
+        return self.forward(net, x), self
+
 
 def smooth_one_hot(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
     """(1-s)·onehot(y) + s/K: label smoothing spreads mass s uniformly over all K classes."""

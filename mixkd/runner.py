@@ -14,7 +14,7 @@ from .errors import MixkdError
 from .provenance import environment, now
 from .rundir import RunDir
 from .study import RunSpec, Study
-from .train import build_model, train_run
+from .train import build_model, import_teacher, train_run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,8 +57,12 @@ def run_study(study: Study, out: Path, device: torch.device, data_root: str | No
         started = now()
         rundir.start(spec.config, spec.labels, spec.run_id)
         try:
-            teacher = _teacher(spec, specs, teachers, out, data, device)
-            result = {"status": "complete", **train_run(spec.config, data, device, rundir, teacher, describe(spec))}
+            if "checkpoint" in spec.labels:
+                result = import_teacher(spec.config, spec.labels["checkpoint"], data, device, rundir)
+            else:
+                teacher = _teacher(spec, specs, teachers, out, data, device)
+                result = train_run(spec.config, data, device, rundir, teacher, describe(spec))
+            result = {"status": "complete", **result}
         except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
             result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         rundir.write_summary({"run_id": spec.run_id, **result, **env, "started_at": started, "finished_at": now()})
@@ -78,6 +82,6 @@ def _teacher(spec: RunSpec, specs: dict[str, RunSpec], cache: dict, out: Path, d
         rundir = RunDir(out, tid)
         if rundir.status() != "complete":
             raise MixkdError(f"teacher run {tid} is {rundir.status()}; its students cannot train")
-        model = rundir.load_model(build_model(specs[tid].config["model"], data))
+        model = rundir.load_model(build_model(specs[tid].config, data))
         cache[tid] = model.to(device).eval()
     return cache[tid]

@@ -26,6 +26,7 @@ from .schema import coerce, from_dict, resolve_component
 
 MixedView = Literal["none", "student", "teacher", "both"]
 ROLES = ("teacher", "scratch", "student")  # the order runs are trained in
+NO_MIX = {"name": "none", "prob": 1.0}
 
 
 @dataclass
@@ -47,14 +48,17 @@ class Recipe:
 @dataclass
 class TeacherSpec:
     model: str
+    model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {patch_size: 4} for a ViT on 32×32
     mix: Any = "none"  # a "Mix-T" teacher is a teacher with `mix: mixup`
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the study recipe
     seed: int = 0
+    checkpoint: str | None = None  # a RepDistiller/mdistiller checkpoint to use instead of training
 
 
 @dataclass
 class StudentSpec:
     model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,7 +173,8 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
             if name not in known:
                 raise ConfigError(f"pairs[{i}].{role}", f"{name!r} is not defined; defined: {', '.join(known)}")
 
-    teacher_runs = {name: _teacher_run(name, spec, dataset, base_recipe) for name, spec in f.teachers.items()}
+    teacher_runs = {name: _teacher_run(name, spec, dataset, base_recipe, Path(source))
+                    for name, spec in f.teachers.items()}
     axes = _axes(f.grid)
     points = [p for p in _grid_points(pairs, axes) if not any(_matches(p, e, f"exclude[{i}]")
                                                                for i, e in enumerate(f.exclude))]
@@ -269,28 +274,44 @@ def _include_points(inc: dict, pairs: list[Pair], axes: dict[str, list], path: s
             for p in pair_list for values in itertools.product(*(fixed.get(k, axes[k]) for k in keys))]
 
 
-def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, base_recipe: dict) -> RunSpec:
-    config = {"role": "teacher", "model": spec.model, "dataset": dataset,
+def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, base_recipe: dict, source: Path) -> RunSpec:
+    config = {"role": "teacher", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
               "recipe": _recipe(spec.recipe, f"teachers.{name}.recipe", base_recipe),
               "mix": _mix(spec.mix, f"teachers.{name}.mix"), "distill": None, "seed": spec.seed}
-    return RunSpec(config, {"name": name, "teacher": None, "student": None})
+    labels = {"name": name, "teacher": None, "student": None}
+    if spec.checkpoint:
+        # Identified by the file's content, not its path or a recipe it was never trained with.
+        path = (source.parent / spec.checkpoint).resolve() if not Path(spec.checkpoint).is_absolute() \
+            else Path(spec.checkpoint)
+        config.update(recipe=None, mix=copy.deepcopy(NO_MIX), seed=None,
+                      checkpoint_sha256=_sha256(path, f"teachers.{name}.checkpoint"))
+        labels["checkpoint"] = str(path)
+    return RunSpec(config, labels)
+
+
+def _sha256(path: Path, field_path: str) -> str:
+    if not path.is_file():
+        raise ConfigError(field_path, f"checkpoint file not found: {path}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _scratch_run(name: str, spec: StudentSpec, mix: dict, seed: int, dataset: dict, base_recipe: dict) -> RunSpec:
-    config = {"role": "scratch", "model": spec.model, "dataset": dataset,
+    config = {"role": "scratch", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
               "recipe": _recipe(spec.recipe, f"students.{name}.recipe", base_recipe),
               "mix": mix, "distill": None, "seed": seed}
     return RunSpec(config, {"name": name, "teacher": None, "student": name})
 
-
-NO_MIX = {"name": "none", "prob": 1.0}
 
 
 def _student_run(p: dict, spec: StudentSpec, teacher: RunSpec, dataset: dict, base_recipe: dict) -> RunSpec:
     mix, view = p["mix"], p["mixed_view"]
     if mix["name"] == "none" or view == "none":  # nothing is mixed: one run, whatever the axis said
         mix, view = copy.deepcopy(NO_MIX), "none"
-    config = {"role": "student", "model": spec.model, "dataset": dataset,
+    config = {"role": "student", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
               "recipe": _recipe(spec.recipe, f"students.{p['student']}.recipe", base_recipe),
               "mix": mix, "seed": p["seed"],
               "distill": {"teacher": teacher.run_id, "temperature": float(p["temperature"]),

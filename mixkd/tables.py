@@ -7,6 +7,7 @@ written deterministically so an unchanged study gives byte-identical files.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,8 @@ def _prefixed(prefix: str, component: dict) -> dict:
 
 def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec | None) -> dict:
     c, d = spec.config, spec.config["distill"]
-    recipe = {k: _flat(v) for k, v in c["recipe"].items() if k != "schedule"}
+    recipe = {k: _flat(v) for k, v in (c["recipe"] or {}).items() if k != "schedule"}
+    schedule = _prefixed("schedule", c["recipe"]["schedule"]) if c["recipe"] else {}
     row = {"run_id": spec.run_id, "study": study.name, "role": c["role"], "name": spec.labels["name"], "model": c["model"],
            "teacher": spec.labels["teacher"], "student": spec.labels["student"],
            "teacher_id": d["teacher"] if d else None,
@@ -40,7 +42,7 @@ def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec 
            **_prefixed("dataset", c["dataset"]), **_prefixed("mix", c["mix"]),
            "temperature": d["temperature"] if d else None, "mixed_view": d["mixed_view"] if d else None,
            **_prefixed("loss", d["loss"] if d else {"name": "ce"}),
-           "seed": c["seed"], **recipe, **_prefixed("schedule", c["recipe"]["schedule"]),
+           "seed": c["seed"], **recipe, **schedule, "model_args": json.dumps(c["model_args"], sort_keys=True),
            "status": summary["status"] if summary else "pending"}
     row.update({k: v for k, v in (summary or {}).items() if k not in SUMMARY_SKIP and k not in row})
     return row

@@ -20,6 +20,7 @@ from .losses import CE, create_loss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .models import create_model
+from .models.checkpoint import load_teacher_checkpoint
 from .rundir import RunDir
 from .schedules import lr_factor
 
@@ -28,8 +29,9 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def build_model(name: str, data) -> nn.Module:
-    return create_model(name, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
+def build_model(config: dict, data) -> nn.Module:
+    return create_model(config["model"], num_classes=data.num_classes, in_chans=data.in_chans,
+                        img_size=data.img_size, **config.get("model_args", {}))
 
 
 def mixing_rng(seed: int) -> np.random.Generator:
@@ -46,7 +48,7 @@ def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher:
     """Train one resolved run config; log each epoch to `rundir`; return the final metrics."""
     recipe, seed, distill = config["recipe"], config["seed"], config["distill"]
     torch.manual_seed(seed)
-    model = build_model(config["model"], data).to(device)
+    model = build_model(config, data).to(device)
     if distill:
         loss_name, loss_params = split_params(distill["loss"])
         loss, view = create_loss(loss_name, temperature=distill["temperature"], **loss_params), distill["mixed_view"]
@@ -103,3 +105,13 @@ def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher:
     return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": best[0], "best_epoch": best[1],
             "train_seconds": seconds, "images_per_s": epochs * len(data.train_y) / seconds,
             "eval_split": getattr(data, "eval_split", "test")}
+
+
+def import_teacher(config: dict, checkpoint: str, data, device: torch.device, rundir: RunDir) -> dict:
+    """A teacher given as a RepDistiller/mdistiller checkpoint: loaded strictly, evaluated, cached like a trained one."""
+    model = build_model(config, data)
+    load_teacher_checkpoint(model, checkpoint)
+    scores = compute_metrics(*predict(model.to(device), data.eval_loader(500, device)))
+    rundir.save_model(model)
+    return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": scores["top1"], "best_epoch": None,
+            "train_seconds": 0.0, "eval_split": getattr(data, "eval_split", "test")}

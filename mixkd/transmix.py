@@ -47,6 +47,11 @@ class TransMixResult(MixResult):
         lam = (self.lam + lam_attn.to(self.lam.dtype)) / 2
         return MixResult(**{**{f.name: getattr(self, f.name) for f in fields(MixResult)}, "lam": lam})
 
+    def forward_student(self, net: nn.Module, x: Tensor) -> tuple[Tensor, MixResult]:
+        with ClassAttention(net) as cap:
+            logits = self.forward(net, x)
+        return logits, self.relabel(cap.attention, cap.grid)
+
 
 @MIXERS.register()
 def transmix(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0,

@@ -62,6 +62,17 @@ class InMemoryDataset:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)
 
 
+def input_shape(num_classes: int, in_chans: int, img_size: int):
+    """Declare a dataset factory's (classes, channels, size) at its defaults, so models can be sized
+    (e.g. `mixkd list models --dataset cifar100`) without reading any data."""
+
+    def mark(factory):
+        factory.shape = (num_classes, in_chans, img_size)
+        return factory
+
+    return mark
+
+
 def create_dataset(name: str, root: str | Path | None = None, **params) -> Dataset:
     return DATASETS.get(name, "dataset.name")(root=Path(root) if root is not None else None, **params)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import DATASETS, InMemoryDataset
+from . import DATASETS, InMemoryDataset, input_shape
 from .split import hold_out_val
 
 
 @DATASETS.register()
+@input_shape(10, 1, 8)
 def digits(root=None, test_fraction: float = 0.2, split_seed: int = 0, in_chans: int = 1,
            val_size: int = 0) -> InMemoryDataset:
     """1,797 images, 10 classes; a fixed stratified split (`split_seed`) so every run sees the same test set.

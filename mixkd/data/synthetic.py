@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from . import DATASETS, InMemoryDataset
+from . import DATASETS, InMemoryDataset, input_shape
 
 
 @DATASETS.register()
+@input_shape(4, 3, 8)
 def synthetic(root=None, num_classes: int = 4, train_size: int = 256, test_size: int = 64, img_size: int = 8,
               in_chans: int = 3, seed: int = 0) -> InMemoryDataset:
     g = torch.Generator().manual_seed(seed)
