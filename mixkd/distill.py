@@ -39,7 +39,7 @@ class Distiller(nn.Module):
         self.student, self.loss, self.view = student, loss, VIEWS[view]
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         if teacher is not None:
-            teacher.requires_grad_(False)
+            teacher.requires_grad_(False).eval()
         # Kept out of the module tree so `parameters()` / `state_dict()` are the student's alone.
         self._teacher = [teacher] if teacher is not None else []
         if getattr(loss, "uses_teacher", False) and teacher is None:

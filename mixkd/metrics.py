@@ -21,11 +21,13 @@ def _topk(logits: Tensor, labels: Tensor, k: int) -> float:
 
 @METRICS.register()
 def top1(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy (fraction)."""
     return _topk(logits, labels, 1)
 
 
 @METRICS.register()
 def top5(logits: Tensor, labels: Tensor) -> float:
+    """Top-5 accuracy (fraction; top-K when there are fewer than 5 classes)."""
     return _topk(logits, labels, 5)
 
 

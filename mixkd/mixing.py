@@ -94,6 +94,7 @@ def blend(x: Tensor, y: Tensor, index: np.ndarray, lam: np.ndarray) -> MixResult
 
 @MIXERS.register()
 def none(x: Tensor, y: Tensor, rng: np.random.Generator) -> MixResult:
+    """No mixing: the clean batch with its hard labels."""
     return identity(x, y)
 
 

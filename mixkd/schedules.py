@@ -15,16 +15,19 @@ SCHEDULES: Registry = Registry("schedule")
 
 @SCHEDULES.register()
 def multistep(t: float, epochs: int, milestones: list[int] = (150, 180, 210), gamma: float = 0.1) -> float:
+    """×gamma at each milestone epoch (RepDistiller: 0.1 at 150, 180, 210 of 240)."""
     return gamma ** sum(int(t) >= m for m in milestones)
 
 
 @SCHEDULES.register()
 def cosine(t: float, epochs: int, min_factor: float = 0.0) -> float:
+    """Half-cosine from 1 to `min_factor` over the run, per step."""
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(t / epochs, 1.0)))
 
 
 @SCHEDULES.register()
 def constant(t: float, epochs: int) -> float:
+    """The base lr throughout."""
     return 1.0
 
 

@@ -74,6 +74,7 @@ class ImageFolderDataset:
 
 @DATASETS.register()
 def imagefolder(root=None, img_size: int = 224, num_workers: int = 4) -> ImageFolderDataset:
+    """ImageNet-style <root>/train/<class>/* and <root>/val/<class>/*, decoded by DataLoader workers."""
     if root is None:
         raise MixkdError("imagefolder: needs a data root: pass --data-root with the folder that holds train/ and val/")
     return ImageFolderDataset(Path(root), img_size, num_workers)

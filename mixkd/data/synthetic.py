@@ -11,6 +11,7 @@ from . import DATASETS, InMemoryDataset, input_shape
 @input_shape(4, 3, 8)
 def synthetic(root=None, num_classes: int = 4, train_size: int = 256, test_size: int = 64, img_size: int = 8,
               in_chans: int = 3, seed: int = 0) -> InMemoryDataset:
+    """Tests only: noisy copies of one random image per class, any size, instant."""
     g = torch.Generator().manual_seed(seed)
     centers = torch.rand(num_classes, in_chans, img_size, img_size, generator=g) * 255
 

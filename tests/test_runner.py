@@ -1,0 +1,164 @@
+"""End to end on tiny data: train, resume, share teachers, tables, determinism, failures, checkpoints."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from mixkd import runner as runner_module
+from mixkd.cli import main
+from mixkd.rundir import RunDir
+from mixkd.study import load_study
+from mixkd.tables import RUN_COLUMNS
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
+    "recipe": {"epochs": 2, "batch_size": 32, "lr": 0.05, "schedule": "cosine", "eval_batch_size": 64},
+    "teachers": {"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
+    "students": ["cnn_tiny"],
+    "grid": {"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student", "both"], "seeds": [0, 1]},
+}
+
+
+def write(tmp_path, study, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run(path, out, *extra):
+    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study trained once; tests below only read it or rerun it."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    path, out = write(tmp, TINY), tmp / "out"
+    assert run(path, out) == 0
+    return path, out
+
+
+def test_tables_have_the_documented_columns_and_one_row_per_run(finished):
+    path, out = finished
+    study = load_study(path)
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs.columns[:len(RUN_COLUMNS)]) == RUN_COLUMNS
+    assert len(runs) == len(study.runs) == runs["run_id"].nunique()
+    assert (runs["status"] == "complete").all()
+    assert runs["top1_last"].between(0, 1).all()
+    parquet = pd.read_parquet(out / "runs.parquet")
+    pd.testing.assert_frame_equal(parquet.mask(parquet.isna()), runs, check_dtype=False)  # None → NaN as in CSV
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(epochs) == 2 * len(runs)
+    for col in ["run_id", "epoch", "lr", "train_loss", "train_ce", "test_top1", "test_loss", "seconds"]:
+        assert col in epochs.columns
+    kd = epochs[epochs["run_id"].isin(runs.loc[runs["role"] == "student", "run_id"])]
+    assert kd["train_kd"].notna().all()
+    assert (out / "figures" / "accuracy_by_mix.png").stat().st_size > 0
+
+
+def test_run_directories_hold_config_epochs_summary_and_checkpoint(finished):
+    path, out = finished
+    spec = load_study(path).runs[-1]
+    d = RunDir(out, spec.run_id).path
+    saved = yaml.safe_load((d / "config.yaml").read_text())
+    assert saved["config"] == spec.config and saved["run_id"] == spec.run_id
+    assert len((d / "epochs.jsonl").read_text().splitlines()) == 2
+    summary = json.loads((d / "summary.json").read_text())
+    for key in ["status", "top1_last", "train_seconds", "torch_version", "hostname", "started_at"]:
+        assert key in summary
+    assert "model" in torch.load(d / "checkpoint.pt", weights_only=True)
+
+
+def test_second_run_trains_nothing_and_leaves_tables_byte_identical(finished, monkeypatch):
+    path, out = finished
+    files = ["runs.csv", "runs.parquet", "epochs.parquet", "figures/accuracy_by_mix.png"]
+    before = {f: (out / f).read_bytes() for f in files}
+    monkeypatch.setattr(runner_module, "train_run", lambda *a, **k: pytest.fail("a complete run was trained again"))
+    assert run(path, out) == 0
+    assert {f: (out / f).read_bytes() for f in files} == before
+
+
+def test_each_teacher_is_trained_once_before_its_students(tmp_path, monkeypatch):
+    calls = []
+    real = runner_module.train_run
+
+    def spy(config, *args, **kwargs):
+        calls.append(config)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_run", spy)
+    study = {**TINY, "students": ["cnn_tiny", "cnn_small"], "teachers": {"t": {"model": "cnn_small"}},
+             "grid": {**TINY["grid"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
+    assert run(write(tmp_path, study), tmp_path / "out") == 0
+    roles = [c["role"] for c in calls]
+    assert roles.count("teacher") == 1 and roles[0] == "teacher"
+    teacher_ids = {c["distill"]["teacher"] for c in calls if c["distill"]}
+    assert len(teacher_ids) == 1 and sum(c["role"] == "student" for c in calls) == 2 * 3
+
+
+def test_same_seed_gives_identical_numbers_on_cpu(finished, tmp_path):
+    path, out = finished
+    assert run(path, tmp_path / "again") == 0
+    a = pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
+    b = pd.read_parquet(tmp_path / "again" / "epochs.parquet").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs.groupby(["role", "mix", "mixed_view"], dropna=False)["seed"].nunique().max() == 2
+
+
+def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
+    study = {**TINY, "teachers": {"t": {"model": "cnn_small"}},
+             "students": {"ok": {"model": "cnn_tiny"}, "bad": {"model": "cnn_tiny", "recipe": {"lr": 1e30}}},
+             "grid": {"mix": ["none"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out) == 1
+    runs = pd.read_csv(out / "runs.csv")
+    failed = runs[runs["status"] == "failed"]
+    assert set(failed["name"]) == {"bad"} and (runs.loc[runs["name"] == "ok", "status"] == "complete").all()
+    assert failed["error"].str.contains("NonFiniteLoss").all()
+    assert run(path, out) == 1  # failed runs are not retried without --retry-failed ...
+    assert (pd.read_csv(out / "runs.csv")["finished_at"] == runs["finished_at"]).all()
+
+
+def test_dry_run_prints_runs_and_trains_nothing(tmp_path, capsys):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    assert run(path, out, "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert f"{len(load_study(path).runs)} runs" in printed
+    assert not (out / "runs").exists()
+
+
+def test_a_checkpoint_can_stand_in_for_a_teacher(tmp_path):
+    from mixkd.models import create_model
+
+    torch.manual_seed(0)
+    torch.save({"model": create_model("cnn_small", 4, 3).state_dict()}, tmp_path / "teacher.pth")
+    study = {**TINY, "teachers": {"given": {"model": "cnn_small", "checkpoint": "teacher.pth"}},
+             "grid": {"mix": ["mixup"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    teacher = runs[runs["role"] == "teacher"].iloc[0]
+    assert teacher["train_seconds"] == 0 and (runs["status"] == "complete").all()
+
+    torch.save({"model": create_model("cnn_small", 10, 3).state_dict()}, tmp_path / "teacher.pth")
+    assert run(path, tmp_path / "out2") == 1  # 10 classes into a 4-class model: recorded, explained
+    runs = pd.read_csv(tmp_path / "out2" / "runs.csv")
+    error = runs.loc[runs["role"] == "teacher", "error"].iloc[0]
+    assert "teacher.pth" in error and "\n" not in error
+
+
+def test_transmix_trains_a_vit_student_end_to_end(tmp_path):
+    vit = {"model": "timm/vit_tiny_patch16_224",
+           "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}}
+    study = {**TINY, "teachers": {"t": {"model": "cnn_small"}}, "students": {"vit": vit},
+             "grid": {"mix": ["transmix"], "mixed_view": ["both"], "seeds": [0]},
+             "recipe": {**TINY["recipe"], "epochs": 1}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out) == 0
+    assert (pd.read_csv(out / "runs.csv")["status"] == "complete").all()
