@@ -6,15 +6,18 @@ run as done, so a run killed at any moment is simply trained again on the next `
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = "config.yaml", "epochs.jsonl", "summary.json", "checkpoint.pt"
+ANALYSIS = "analysis.parquet"
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -47,6 +50,7 @@ class RunDir:
         atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": run_id, "labels": labels, "config": config},
                                                         sort_keys=True))
         (self.path / SUMMARY).unlink(missing_ok=True)
+        (self.path / ANALYSIS).unlink(missing_ok=True)
         (self.path / EPOCHS).write_text("")
 
     def log_epoch(self, record: dict) -> None:
@@ -61,6 +65,16 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
+
+    def write_analysis(self, rows: list[dict]) -> None:
+        """The run's tidy analysis rows (run_id, metric, value, qualifiers), see `mixkd.analysis`."""
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        atomic_write(self.path / ANALYSIS, buf.getvalue())
+
+    def read_analysis(self) -> pd.DataFrame | None:
+        path = self.path / ANALYSIS
+        return pd.read_parquet(path) if path.exists() else None
 
     def save_model(self, model: torch.nn.Module) -> None:
         """RepDistiller's checkpoint layout ({"model": state_dict}) so other tools can read it too."""

@@ -65,6 +65,16 @@ def epochs_table(study: Study, out: Path) -> pd.DataFrame:
                                                          "test_loss", "seconds"])
 
 
+def metrics_table(study: Study, out: Path) -> pd.DataFrame:
+    """Every run's analysis rows, with its run_id: one observation per row."""
+    frames = [df.assign(run_id=spec.run_id) for spec in study.runs
+              if (df := RunDir(out, spec.run_id).read_analysis()) is not None]
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "metric", "value"])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["run_id", *[c for c in table.columns if c != "run_id"]]]
+
+
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
@@ -76,4 +86,5 @@ def write_tables(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     atomic_write(out / "runs.csv", runs.to_csv(index=False))
     atomic_write(out / "runs.parquet", _parquet_bytes(runs))
     atomic_write(out / "epochs.parquet", _parquet_bytes(epochs))
+    atomic_write(out / "metrics.parquet", _parquet_bytes(metrics_table(study, out)))
     return runs, epochs

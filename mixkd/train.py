@@ -44,8 +44,8 @@ def split_params(params: dict) -> tuple[str, dict]:
 
 
 def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher: nn.Module | None = None,
-              desc: str = "") -> dict:
-    """Train one resolved run config; log each epoch to `rundir`; return the final metrics."""
+              desc: str = "") -> tuple[dict, nn.Module]:
+    """Train one resolved run config; log each epoch to `rundir`; return the final metrics and the model."""
     recipe, seed, distill = config["recipe"], config["seed"], config["distill"]
     torch.manual_seed(seed)
     model = build_model(config, data).to(device)
@@ -104,14 +104,14 @@ def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher:
     rundir.save_model(model)
     return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": best[0], "best_epoch": best[1],
             "train_seconds": seconds, "images_per_s": epochs * len(data.train_y) / seconds,
-            "eval_split": getattr(data, "eval_split", "test")}
+            "eval_split": getattr(data, "eval_split", "test")}, model
 
 
-def import_teacher(config: dict, checkpoint: str, data, device: torch.device, rundir: RunDir) -> dict:
+def import_teacher(config: dict, checkpoint: str, data, device: torch.device, rundir: RunDir) -> tuple[dict, nn.Module]:
     """A teacher given as a RepDistiller/mdistiller checkpoint: loaded strictly, evaluated, cached like a trained one."""
     model = build_model(config, data)
     load_teacher_checkpoint(model, checkpoint)
     scores = compute_metrics(*predict(model.to(device), data.eval_loader(500, device)))
     rundir.save_model(model)
     return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": scores["top1"], "best_epoch": None,
-            "train_seconds": 0.0, "eval_split": getattr(data, "eval_split", "test")}
+            "train_seconds": 0.0, "eval_split": getattr(data, "eval_split", "test")}, model
