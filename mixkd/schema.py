@@ -78,7 +78,7 @@ def from_dict(cls, data: Any, path: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(path, f"expected a mapping, got {data!r}")
+        raise ConfigError(path or "(top level)", f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]

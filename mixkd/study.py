@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 
 from . import losses, mixing
-from .data import DATASETS
+from .data import DATASETS, RUNTIME_PARAMS
 from .errors import ConfigError, MixkdError
-from .models import MODELS, is_known_model
+from .models import is_known_model, unknown_model_message
 from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
 
@@ -158,35 +158,35 @@ def _normalise_students(raw: Any) -> Any:
 
 
 def parse_study(raw: Any, source: str = "<study>") -> Study:
-    f: StudyFile = from_dict(StudyFile, raw, "")
+    f: StudyFile = from_dict(StudyFile, _normalise_students(raw), "")
     dataset = resolve_component(DATASETS, f.dataset, "dataset", skip=1)
+    identity = {k: v for k, v in dataset.items() if k not in RUNTIME_PARAMS}  # what the data is, not how it's fetched
     base_recipe = _recipe(f.recipe, "recipe")
     for where, specs in (("teachers", f.teachers), ("students", f.students)):
         if not specs:
             raise ConfigError(where, "needs at least one entry")
         for key, spec in specs.items():
             if not is_known_model(spec.model):
-                raise ConfigError(f"{where}.{key}.model", MODELS.unknown_message(spec.model))
+                raise ConfigError(f"{where}.{key}.model", unknown_model_message(spec.model))
     pairs = f.pairs if f.pairs is not None else [Pair(t, s) for t in f.teachers for s in f.students]
     for i, p in enumerate(pairs):
-        for role, name, known in (("teacher", p.teacher, f.teachers), ("student", p.student, f.students)):
-            if name not in known:
-                raise ConfigError(f"pairs[{i}].{role}", f"{name!r} is not defined; defined: {', '.join(known)}")
+        _check_pair(p.teacher, p.student, f, f"pairs[{i}]")
 
-    teacher_runs = {name: _teacher_run(name, spec, dataset, base_recipe, Path(source))
+    teacher_runs = {name: _teacher_run(name, spec, identity, base_recipe, Path(source))
                     for name, spec in f.teachers.items()}
     axes = _axes(f.grid)
-    points = [p for p in _grid_points(pairs, axes) if not any(_matches(p, e, f"exclude[{i}]")
-                                                               for i, e in enumerate(f.exclude))]
+    excludes = [_pattern(e, f"exclude[{i}]") for i, e in enumerate(f.exclude)]
+    points = [p for p in map(_unmixed_as_one, _grid_points(pairs, axes))
+              if not any(_matches(p, e) for e in excludes)]
     for i, inc in enumerate(f.include):
-        points += _include_points(inc, pairs, axes, f"include[{i}]")
+        points += _include_points(inc, f, pairs, axes, f"include[{i}]")
 
     runs: list[RunSpec] = list(teacher_runs.values())
     if f.baselines:
         for student, mix, seed in itertools.product(f.students, axes["mix"], axes["seed"]):
-            runs.append(_scratch_run(student, f.students[student], mix, seed, dataset, base_recipe))
+            runs.append(_scratch_run(student, f.students[student], mix, seed, identity, base_recipe))
     for p in points:
-        runs.append(_student_run(p, f.students[p["student"]], teacher_runs[p["teacher"]], dataset, base_recipe))
+        runs.append(_student_run(p, f.students[p["student"]], teacher_runs[p["teacher"]], identity, base_recipe))
     unique = {}
     for r in runs:
         unique.setdefault(r.run_id, r)
@@ -194,84 +194,131 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     return Study(f.name, source, f, ordered, dataset)
 
 
+def _check_pair(teacher: str, student: str, f: StudyFile, path: str) -> None:
+    for role, name, known in (("teacher", teacher, f.teachers), ("student", student, f.students)):
+        if name not in known:
+            raise ConfigError(f"{path}.{role}", f"{name!r} is not defined; defined: {', '.join(known)}")
+
+
+def _positive(value: float, path: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, f"must be {'≥' if allow_zero else '>'} 0, got {value!r}")
+
+
 def _recipe(overrides: dict, path: str, base: dict | None = None) -> dict:
     merged = {**(base or {}), **overrides}
     recipe = dataclasses.asdict(from_dict(Recipe, merged, path))
+    for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
+        _positive(recipe[key], f"{path}.{key}")
+    for key in ("momentum", "weight_decay", "warmup_epochs"):
+        _positive(recipe[key], f"{path}.{key}", allow_zero=True)
+    if not 0 <= recipe["label_smoothing"] < 1:
+        raise ConfigError(f"{path}.label_smoothing", f"must be in [0, 1), got {recipe['label_smoothing']!r}")
     recipe["schedule"] = resolve_component(SCHEDULES, recipe["schedule"], f"{path}.schedule", skip=2)
     return recipe
 
 
 def _mix(spec: Any, path: str) -> dict:
-    return resolve_component(mixing.MIXERS, spec, path, skip=3, extra={"prob": 1.0})
+    mix = resolve_component(mixing.MIXERS, spec, path, skip=3, extra={"prob": 1.0})
+    if not 0 <= mix["prob"] <= 1:
+        raise ConfigError(f"{path}.prob", f"must be in [0, 1], got {mix['prob']!r}")
+    return mix
 
 
 def _loss(spec: Any, path: str) -> dict:
     return resolve_component(losses.LOSSES, spec, path, skip=1)  # skip the temperature: its own axis
 
 
+def _temperatures(values: list, path: str) -> list[float]:
+    temps = coerce(values, list[float], path)
+    for i, t in enumerate(temps):
+        _positive(t, f"{path}[{i}]")
+    return temps
+
+
 def _axes(grid: Grid) -> dict[str, list]:
+    for axis in ("mix", "temperature", "mixed_view", "loss", "seeds"):
+        if not getattr(grid, axis):
+            raise ConfigError(f"grid.{axis}", "needs at least one value")
     return {"mix": [_mix(m, f"grid.mix[{i}]") for i, m in enumerate(grid.mix)],
-            "temperature": grid.temperature,
+            "temperature": _temperatures(grid.temperature, "grid.temperature"),
             "mixed_view": grid.mixed_view,
             "loss": [_loss(l, f"grid.loss[{i}]") for i, l in enumerate(grid.loss)],
             "seed": grid.seeds}
 
 
+KEYS = ("mix", "temperature", "mixed_view", "loss", "seed")
+
+
 def _grid_points(pairs: list[Pair], axes: dict[str, list]) -> list[dict]:
-    keys = ("mix", "temperature", "mixed_view", "loss", "seed")
-    return [{"teacher": p.teacher, "student": p.student, **dict(zip(keys, values))}
-            for p in pairs for values in itertools.product(*(axes[k] for k in keys))]
+    return [{"teacher": p.teacher, "student": p.student, **dict(zip(KEYS, values))}
+            for p in pairs for values in itertools.product(*(axes[k] for k in KEYS))]
+
+
+def _unmixed_as_one(point: dict) -> dict:
+    """Nothing is mixed when the mix is `none` or no one sees it: one run, whatever the other axis said."""
+    if point["mix"]["name"] == "none" or point["mixed_view"] == "none":
+        return {**point, "mix": copy.deepcopy(NO_MIX), "mixed_view": "none"}
+    return point
 
 
 def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
-def _matches(point: dict, pattern: dict, path: str) -> bool:
-    """A point matches when, for every key of the pattern, its value is one of the pattern's values.
+def _partial(resolve, spec: Any, path: str) -> dict:
+    """A mix/loss pattern: validated and coerced like the grid's, keeping only the keys it names."""
+    full = resolve(spec, path)
+    return {k: full[k] for k in (spec if isinstance(spec, dict) else {"name": spec})}
 
-    A mix or loss pattern given by name matches that variant with any parameters; given as a mapping,
-    the parameters it names must be equal too.
-    """
-    for key, wanted in pattern.items():
-        axis = "seed" if key == "seeds" else key
+
+def _pattern(entry: dict, path: str) -> dict[str, list]:
+    """An include/exclude entry with each axis validated and coerced: axis → allowed values."""
+    pattern = {}
+    for key, values in entry.items():
+        axis, sub = ("seed" if key == "seeds" else key), f"{path}.{key}"
         if axis not in AXES:
-            raise ConfigError(f"{path}.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
-        if not any(_value_matches(point[axis], w, axis) for w in _as_list(wanted)):
-            return False
-    return True
+            raise ConfigError(sub, f"unknown axis; allowed: {', '.join(AXES)}")
+        values = _as_list(values)
+        if axis == "mix":
+            values = [_partial(_mix, v, sub) for v in values]
+        elif axis == "loss":
+            values = [_partial(_loss, v, sub) for v in values]
+        elif axis == "temperature":
+            values = _temperatures(values, sub)
+        elif axis == "mixed_view":
+            values = coerce(values, list[MixedView], sub)
+        elif axis == "seed":
+            values = coerce(values, list[int], sub)
+        pattern[axis] = values
+    return pattern
 
 
-def _value_matches(value, wanted, axis: str) -> bool:
-    if axis in ("mix", "loss"):
-        wanted = {"name": wanted} if isinstance(wanted, str) else wanted
-        return all(value.get(k) == v for k, v in wanted.items())
-    if axis == "temperature":
-        return float(value) == float(wanted)
-    return value == wanted
+def _matches(point: dict, pattern: dict[str, list]) -> bool:
+    """A point matches when, for every axis of the pattern, its value is one of the pattern's values;
+    a mix or loss pattern matches every variant with the name and parameters it gives."""
+    def one(value, wanted) -> bool:
+        return all(value.get(k) == v for k, v in wanted.items()) if isinstance(wanted, dict) else value == wanted
+
+    return all(any(one(point[axis], w) for w in wanted) for axis, wanted in pattern.items())
 
 
-def _include_points(inc: dict, pairs: list[Pair], axes: dict[str, list], path: str) -> list[dict]:
+def _include_points(inc: dict, f: StudyFile, pairs: list[Pair], axes: dict[str, list], path: str) -> list[dict]:
     """An include entry fixes some axes (one value or a list); the others span the whole grid."""
-    for key in inc:
-        if ("seed" if key == "seeds" else key) not in AXES:
-            raise ConfigError(f"{path}.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
-    fixed = {("seed" if k == "seeds" else k): _as_list(v) for k, v in inc.items()}
-    if "mix" in fixed:
-        fixed["mix"] = [_mix(m, f"{path}.mix") for m in fixed["mix"]]
-    if "loss" in fixed:
-        fixed["loss"] = [_loss(l, f"{path}.loss") for l in fixed["loss"]]
-    if "temperature" in fixed:
-        fixed["temperature"] = coerce(fixed["temperature"], list[float], f"{path}.temperature")
-    if "mixed_view" in fixed:
-        fixed["mixed_view"] = coerce(fixed["mixed_view"], list[MixedView], f"{path}.mixed_view")
+    fixed = _pattern(inc, path)
+    for axis in ("mix", "loss"):  # an included variant is fully resolved, not a pattern
+        if axis in inc:
+            fixed[axis] = [(_mix if axis == "mix" else _loss)(v, f"{path}.{axis}") for v in _as_list(inc[axis])]
+    for role, known in (("teacher", f.teachers), ("student", f.students)):
+        for name in fixed.get(role, []):
+            if name not in known:
+                raise ConfigError(f"{path}.{role}", f"{name!r} is not defined; defined: {', '.join(known)}")
     pair_list = [p for p in pairs if p.teacher in fixed.get("teacher", [p.teacher])
                  and p.student in fixed.get("student", [p.student])]
     if "teacher" in fixed and "student" in fixed and not pair_list:
         pair_list = [Pair(t, s) for t in fixed["teacher"] for s in fixed["student"]]
-    keys = ("mix", "temperature", "mixed_view", "loss", "seed")
-    return [{"teacher": p.teacher, "student": p.student, **dict(zip(keys, values))}
-            for p in pair_list for values in itertools.product(*(fixed.get(k, axes[k]) for k in keys))]
+    return [_unmixed_as_one({"teacher": p.teacher, "student": p.student, **dict(zip(KEYS, values))})
+            for p in pair_list for values in itertools.product(*(fixed.get(k, axes[k]) for k in KEYS))]
 
 
 def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, base_recipe: dict, source: Path) -> RunSpec:
@@ -280,6 +327,9 @@ def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, base_recipe: dict,
               "mix": _mix(spec.mix, f"teachers.{name}.mix"), "distill": None, "seed": spec.seed}
     labels = {"name": name, "teacher": None, "student": None}
     if spec.checkpoint:
+        for key, unused in (("mix", spec.mix != "none"), ("recipe", bool(spec.recipe)), ("seed", spec.seed != 0)):
+            if unused:
+                raise ConfigError(f"teachers.{name}.{key}", "has no effect on a teacher given as a checkpoint; remove it")
         # Identified by the file's content, not its path or a recipe it was never trained with.
         path = (source.parent / spec.checkpoint).resolve() if not Path(spec.checkpoint).is_absolute() \
             else Path(spec.checkpoint)
@@ -309,8 +359,6 @@ def _scratch_run(name: str, spec: StudentSpec, mix: dict, seed: int, dataset: di
 
 def _student_run(p: dict, spec: StudentSpec, teacher: RunSpec, dataset: dict, base_recipe: dict) -> RunSpec:
     mix, view = p["mix"], p["mixed_view"]
-    if mix["name"] == "none" or view == "none":  # nothing is mixed: one run, whatever the axis said
-        mix, view = copy.deepcopy(NO_MIX), "none"
     config = {"role": "student", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
               "recipe": _recipe(spec.recipe, f"students.{p['student']}.recipe", base_recipe),
               "mix": mix, "seed": p["seed"],

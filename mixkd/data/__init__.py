@@ -17,6 +17,8 @@ from ..registry import Registry
 from .loader import DeviceLoader
 
 DATASETS: Registry = Registry("dataset")
+# Dataset parameters that change how data is obtained, not what it is: kept out of run ids.
+RUNTIME_PARAMS = frozenset({"download", "num_workers"})
 
 
 class Dataset(Protocol):

@@ -28,10 +28,27 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def is_known_model(name: str) -> bool:
-    return name in MODELS or name.startswith(TIMM_PREFIX)
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.is_model(name[len(TIMM_PREFIX):])
+    return name in MODELS
+
+
+def unknown_model_message(name: str) -> str:
+    if name.startswith(TIMM_PREFIX):
+        import difflib
+
+        import timm
+
+        close = difflib.get_close_matches(name[len(TIMM_PREFIX):], timm.list_models(), n=3, cutoff=0.6)
+        return f"unknown timm model {name!r}" + (f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?"
+                                                 if close else "; see timm.list_models()")
+    return MODELS.unknown_message(name)
 
 
 # Importing the zoo modules registers their models.
 from . import cifar_resnet, mobilenetv2, resnet_v2, shufflenet, small_cnn, vgg, wrn  # noqa: E402,F401
 
-__all__ = ["MODELS", "Features", "StagedNet", "count_parameters", "create_model", "list_models", "is_known_model"]
+__all__ = ["MODELS", "Features", "StagedNet", "count_parameters", "create_model", "list_models", "is_known_model",
+           "unknown_model_message"]
