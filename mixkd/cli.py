@@ -41,7 +41,7 @@ def _overview(study, out):
 
 
 def cmd_run(args) -> int:
-    from .runner import resolve_device, run_study
+    from .runner import Job, run_study
 
     study, out = _load(args)
     if args.dry_run:
@@ -51,9 +51,9 @@ def cmd_run(args) -> int:
         print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())}); "
               f"{int((table['status'] != 'complete').sum())} to train; output {out}")
         return 0
-    device = resolve_device(args.device)
-    data_root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
-    trained = run_study(study, out, device, data_root, retry_failed=args.retry_failed)
+    job = Job(study, out, device=args.device, data_root=args.data_root or os.environ.get("MIXKD_DATA_ROOT"),
+              retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every)
+    trained = run_study(job, args.executor, args.workers, args.address)
     runs = _report(study, out)
     failed = int((runs["status"] == "failed").sum())
     print(f"{study.name}: trained {len(trained)}, {int((runs['status'] == 'complete').sum())}/{len(runs)} complete"
@@ -63,11 +63,15 @@ def cmd_run(args) -> int:
 
 
 def _report(study, out):
+    """Tables from the run directories; then statistics and figures from those tables alone."""
+    from .analysis.stats import write_statistics
     from .plots import make_plots
-    from .tables import write_tables
+    from .tables import read_tables, write_tables
 
     runs, _ = write_tables(study, out)
-    make_plots(runs, out)
+    tables = read_tables(out)
+    write_statistics(tables.runs, tables.metrics, out)
+    make_plots(read_tables(out), out)  # read again: the figures see exactly the tables notebooks read
     return runs
 
 
@@ -80,7 +84,8 @@ def cmd_ls(args) -> int:
 def cmd_report(args) -> int:
     study, out = _load(args)
     runs = _report(study, out)
-    print(f"{study.name}: {len(runs)} runs; tables and figures written to {out}")
+    print(f"{study.name}: {len(runs)} runs; tables (runs, epochs, metrics, summary, comparisons) and figures "
+          f"written to {out}")
     return 0
 
 
@@ -117,6 +122,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixkd", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
@@ -134,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="dataset root (default: $MIXKD_DATA_ROOT)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded runs and their count; train nothing")
     r.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
+    r.add_argument("--executor", default="local", help="local (default) | ray")
+    r.add_argument("--workers", type=positive_int, default=1, help="local: runs trained at once, one process each")
+    r.add_argument("--address", help="ray: the cluster to join, e.g. auto (default: start a local Ray instance)")
+    r.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
+                   help="save a resumable checkpoint every N epochs (default 1); not part of any run id")
     study_cmd("ls", cmd_ls, "the expanded grid with each run's status")
     study_cmd("report", cmd_report, "rebuild tables and figures from the run directories")
     lst = sub.add_parser("list", help="what is registered")

@@ -1,33 +1,78 @@
-"""A run's directory: config.yaml, epochs.jsonl, summary.json, checkpoint.pt.
+"""A run's directory: config.yaml, epochs.jsonl, summary.json, checkpoint.pt, and the .lock runners claim.
 
 `summary.json` is written last and atomically: its presence with status "complete" is what marks a
-run as done, so a run killed at any moment is simply trained again on the next `mixkd run`.
+run as done. `checkpoint.pt` holds the model, and while training also the optimizer, step, epoch and
+every RNG state, so a run killed at any moment resumes from its last checkpoint on the next `mixkd run`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
 
 import pandas as pd
 import torch
 import yaml
 
+from .errors import MixkdError
+
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = "config.yaml", "epochs.jsonl", "summary.json", "checkpoint.pt"
-ANALYSIS = "analysis.parquet"
+ANALYSIS, LOCK = "analysis.parquet", ".lock"
+# libyaml's safe loader when PyYAML was built with it: 5× faster, and every `mixkd run` reads each run's config
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# write errors that no retry of the run can fix, so they stop the study with one line
+_FATAL_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+class NoSpaceLeft(MixkdError):
+    """The disk (or quota) is full: every later run would fail the same way, so the study stops."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a full disk into one line naming the file, instead of a traceback or a run marked failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _FATAL_WRITE_ERRORS:
+            raise NoSpaceLeft(f"{_FATAL_WRITE_ERRORS[e.errno]} writing {path}") from None
+        raise
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    _write_atomically(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any run starts when the output directory cannot be created or written."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise MixkdError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
 
 
 class RunDir:
@@ -40,21 +85,57 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def read_config(self) -> dict | None:
+        """The resolved config this directory was trained with, as `start` saved it."""
+        try:
+            return yaml.load((self.path / CONFIG).read_text(), Loader=SAFE_LOADER)["config"]
+        except FileNotFoundError:
+            return None
+
     def status(self) -> str:
         summary = self.read_summary()
         return summary["status"] if summary else ("running" if (self.path / EPOCHS).exists() else "pending")
 
+    @contextmanager
+    def claim(self) -> Iterator[bool]:
+        """Hold the run's lock for the with-block; yields False when another runner holds it.
+
+        An flock dies with its process, so a runner killed with -9 leaves no stale lock behind.
+        """
+        with self._lock_file() as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+            yield held
+
+    def is_claimed(self) -> bool:
+        with self.claim() as held:
+            return not held
+
+    def wait_until_released(self) -> None:
+        with self._lock_file() as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+
+    def _lock_file(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        return open(self.path / LOCK, "a")
+
     def start(self, config: dict, labels: dict, run_id: str) -> None:
-        """Begin (or begin again) a run: config written, per-epoch log emptied, old summary removed."""
+        """Begin (or resume) a run: config written, old summary removed. The epoch log is kept for
+        `truncate_epochs`, which cuts it back to the checkpoint the run resumes from."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": run_id, "labels": labels, "config": config},
                                                         sort_keys=True))
         (self.path / SUMMARY).unlink(missing_ok=True)
         (self.path / ANALYSIS).unlink(missing_ok=True)
-        (self.path / EPOCHS).write_text("")
+        with writing(self.path / EPOCHS):
+            (self.path / EPOCHS).touch()
 
     def log_epoch(self, record: dict) -> None:
-        with open(self.path / EPOCHS, "a") as f:
+        path = self.path / EPOCHS
+        with writing(path), open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def read_epochs(self) -> list[dict]:
@@ -62,6 +143,11 @@ class RunDir:
             return [json.loads(line) for line in (self.path / EPOCHS).read_text().splitlines() if line]
         except FileNotFoundError:
             return []
+
+    def truncate_epochs(self, epoch: int) -> None:
+        """Keep the log of epochs 1..`epoch` only: those after the checkpoint will be trained again."""
+        kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
+        atomic_write(self.path / EPOCHS, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
@@ -76,13 +162,20 @@ class RunDir:
         path = self.path / ANALYSIS
         return pd.read_parquet(path) if path.exists() else None
 
-    def save_model(self, model: torch.nn.Module) -> None:
-        """RepDistiller's checkpoint layout ({"model": state_dict}) so other tools can read it too."""
-        tmp = self.path / f".{CHECKPOINT}.tmp"
-        torch.save({"model": model.state_dict()}, tmp)
-        os.replace(tmp, self.path / CHECKPOINT)
+    def save_checkpoint(self, state: dict) -> None:
+        """RepDistiller's layout ({"model": state_dict, "optimizer": ..., "epoch": ...}) so other tools can
+        read it too; written to a temporary file and renamed, so a kill never leaves half a checkpoint."""
+        _write_atomically(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.path / CHECKPOINT
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+    def training_state(self) -> dict | None:
+        """The last checkpoint if it can resume training (an imported teacher's holds the model only)."""
+        state = self.load_checkpoint()
+        return state if state is not None and "epoch" in state else None
 
     def load_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        state = torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(self.load_checkpoint()["model"])
         return model

@@ -1,20 +1,29 @@
-"""Run every run of a study, teachers before their students, skipping what is already complete."""
+"""Run every run of a study, teachers before their students, skipping what is already complete.
+
+`execute_run` is the unit of work every executor (`mixkd.executors`) runs: it claims the run's lock,
+so two runners on one study share its runs instead of training any twice, and it resumes a run
+from its last checkpoint.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 import traceback
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .analysis import analyse_run
 from .data import create_dataset
 from .errors import MixkdError
+from .models.checkpoint import load_teacher_checkpoint
 from .provenance import environment, now
-from .rundir import RunDir
+from .rundir import NoSpaceLeft, RunDir, check_writable
 from .study import RunSpec, Study
-from .analysis import analyse_run
 from .train import build_model, import_teacher, train_run
 
 
@@ -36,18 +45,64 @@ def describe(spec: RunSpec) -> str:
             f"view={d['mixed_view']} seed={c['seed']}")
 
 
+def todo_statuses(retry_failed: bool) -> set[str]:
+    return {"pending", "running", *(["failed"] if retry_failed else [])}
+
+
 def pending_runs(study: Study, out: Path, retry_failed: bool = False) -> list[RunSpec]:
-    todo = {"pending", "running", *(["failed"] if retry_failed else [])}
+    todo = todo_statuses(retry_failed)
     return [r for r in study.runs if RunDir(out, r.run_id).status() in todo]
+
+
+def first_difference(saved, resolved, path: str = "") -> tuple[str, object, object] | None:
+    """(field path, saved value, resolved value) of the first difference between two configs, or None."""
+    if isinstance(saved, dict) and isinstance(resolved, dict):
+        for key in sorted(saved.keys() | resolved.keys()):
+            diff = first_difference(saved.get(key), resolved.get(key), f"{path}.{key}" if path else key)
+            if diff:
+                return diff
+        return None
+    return None if saved == resolved else (path, saved, resolved)
+
+
+def check_saved_configs(study: Study, out: Path) -> None:
+    """Refuse to resume or skip a run whose directory was trained with another config than its id names.
+
+    Ids hash the resolved config, so this only happens when mixkd's defaults or resolution changed, or a
+    directory was copied or edited; its results would silently stand for a config they were not run with.
+    """
+    for spec in study.runs:
+        rundir = RunDir(out, spec.run_id)
+        saved = rundir.read_config()
+        diff = first_difference(saved, spec.config) if saved is not None else None
+        if diff:
+            field_path, saved, resolved = diff
+            raise MixkdError(f"run {spec.run_id}: {rundir.path}/config.yaml has {field_path}={saved!r} but the study "
+                             f"resolves it to {resolved!r}, so the id no longer names one config (mixkd's defaults "
+                             f"changed, or the directory was copied or edited); move {rundir.path} aside to retrain it")
+
+
+@dataclass
+class Job:
+    """What a worker needs to rebuild a study's RunContext; picklable, so it ships to worker processes."""
+
+    study: Study
+    out: Path
+    device: str = "auto"  # resolved where the run executes: a Ray worker may have a GPU its head lacks
+    data_root: str | None = None
+    retry_failed: bool = False
+    checkpoint_every: int = 1
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one RunContext per job and process
 
 
 class RunContext:
     """What the runs of one study share within one process: the dataset and the loaded teachers."""
 
-    def __init__(self, study: Study, out: Path, device: torch.device, data_root: str | None = None):
-        self.study, self.out, self.device, self.data_root = study, Path(out), device, data_root
-        self.specs = {r.run_id: r for r in study.runs}
-        self.env = environment(device)
+    def __init__(self, job: Job):
+        self.job, self.study, self.out = job, job.study, Path(job.out)
+        self.device = resolve_device(job.device)
+        self.specs = {r.run_id: r for r in self.study.runs}
+        self.env = environment(self.device)
         self._data = None
         self._teachers: dict[str, torch.nn.Module] = {}
 
@@ -55,7 +110,7 @@ class RunContext:
     def data(self):
         if self._data is None:
             params = {k: v for k, v in self.study.dataset.items() if k != "name"}
-            self._data = create_dataset(self.study.dataset["name"], root=self.data_root, **params)
+            self._data = create_dataset(self.study.dataset["name"], root=self.job.data_root, **params)
         return self._data
 
     def teacher(self, spec: RunSpec) -> torch.nn.Module | None:
@@ -65,6 +120,7 @@ class RunContext:
         tid = spec.config["distill"]["teacher"]
         if tid not in self._teachers:
             rundir = RunDir(self.out, tid)
+            wait_for_other_runner(rundir, f"teacher run {tid}")
             if rundir.status() != "complete":
                 raise MixkdError(f"teacher run {tid} is {rundir.status()}; its students cannot train")
             model = rundir.load_model(build_model(self.specs[tid].config, self.data))
@@ -72,10 +128,42 @@ class RunContext:
         return self._teachers[tid]
 
 
+def wait_for_other_runner(rundir: RunDir, what: str) -> None:
+    """A teacher another runner is training: wait for it rather than fail its students."""
+    if rundir.is_claimed():
+        print(f"waiting for {what}: another runner is training it", flush=True)
+        rundir.wait_until_released()
+
+
+def preflight(todo: list[RunSpec], ctx: RunContext) -> None:
+    """Fail fast, before any run starts, on what would otherwise fail every run one by one: a missing
+    dataset, a teacher checkpoint that does not fit its architecture."""
+    data = ctx.data
+    for spec in todo:
+        if "checkpoint" in spec.labels:
+            load_teacher_checkpoint(build_model(spec.config, data), spec.labels["checkpoint"])
+
+
 def execute_run(spec: RunSpec, ctx: RunContext) -> dict:
-    """Train (or import) one run, analyse it, and write its summary; never raises for a failed run."""
+    """Claim the run, then train (or import) it, analyse it and write its summary. A run another runner
+    holds, or has finished since this study started, is skipped. Never raises for a failed run."""
     rundir = RunDir(ctx.out, spec.run_id)
-    started = now()
+    with rundir.claim() as held:
+        if not held:
+            return skipped(spec, "another runner is training it")
+        status = rundir.status()
+        if status not in todo_statuses(ctx.job.retry_failed):
+            return skipped(spec, f"already {status}, by another runner")
+        return _run(spec, ctx, rundir)
+
+
+def skipped(spec: RunSpec, reason: str) -> dict:
+    """Not written anywhere: the run belongs to whoever holds it."""
+    return {"run_id": spec.run_id, "status": "skipped", "reason": reason}
+
+
+def _run(spec: RunSpec, ctx: RunContext, rundir: RunDir) -> dict:
+    started, clock = now(), time.perf_counter()
     rundir.start(spec.config, spec.labels, spec.run_id)
     try:
         teacher = None
@@ -83,25 +171,48 @@ def execute_run(spec: RunSpec, ctx: RunContext) -> dict:
             result, model = import_teacher(spec.config, spec.labels["checkpoint"], ctx.data, ctx.device, rundir)
         else:
             teacher = ctx.teacher(spec)
-            result, model = train_run(spec.config, ctx.data, ctx.device, rundir, teacher, describe(spec))
+            result, model = train_run(spec.config, ctx.data, ctx.device, rundir, teacher, describe(spec),
+                                      ctx.job.checkpoint_every)
         rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
         result = {"status": "complete", **result}
+    except NoSpaceLeft:
+        raise  # every later run would fail alike: stop the study, keep the checkpoint to resume from
     except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now()}
+    summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
+               "wall_seconds": time.perf_counter() - clock}  # this attempt: training, evaluation and analysis
     rundir.write_summary(summary)
     return summary
 
 
-def run_study(study: Study, out: Path, device: torch.device, data_root: str | None = None,
-              retry_failed: bool = False) -> list[RunSpec]:
-    """Train the study's unfinished runs, teachers first; returns those trained. Tables are the caller's job."""
-    todo = pending_runs(study, out, retry_failed)
-    ctx = RunContext(study, out, device, data_root)
-    bar = tqdm(todo, unit="run", desc=study.name, disable=None, dynamic_ncols=True)
-    for i, spec in enumerate(bar, 1):
-        summary = execute_run(spec, ctx)
-        bar.write(f"[{i}/{len(todo)}] {spec.run_id} {describe(spec)}: " + (
-            f"top1 {summary['top1_last']:.4f} ({summary['train_seconds']:.1f}s)" if summary["status"] == "complete"
-            else f"FAILED {summary['error']}"), file=sys.stdout)
-    return todo
+def progress_line(spec: RunSpec, summary: dict) -> str:
+    outcome = {"complete": lambda s: f"top1 {s['top1_last']:.4f} ({s['wall_seconds']:.1f}s)",
+               "failed": lambda s: f"FAILED {s['error']}",
+               "skipped": lambda s: f"skipped: {s['reason']}"}[summary["status"]]
+    return f"{spec.run_id} {describe(spec)}: {outcome(summary)}"
+
+
+def run_study(job: Job, executor: str = "local", workers: int = 1, address: str | None = None) -> list[RunSpec]:
+    """Train the study's unfinished runs, teachers first, with the named executor; returns those trained
+    here (not those skipped for another runner). Tables are the caller's job."""
+    from .executors import EXECUTORS, ExecutorOptions  # executors build on execute_run, defined above
+
+    run = EXECUTORS.get(executor, "--executor")
+    check_writable(job.out)
+    check_saved_configs(job.study, job.out)
+    todo = pending_runs(job.study, job.out, job.retry_failed)
+    if not todo:
+        return []
+    ctx = RunContext(job)
+    summaries = run(todo, ctx, ExecutorOptions(workers, address))  # checks the options; starts nothing yet
+    preflight(todo, ctx)
+    specs, trained = ctx.specs, []
+    bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)
+    for i, summary in enumerate(summaries, 1):
+        spec = specs[summary["run_id"]]
+        if summary["status"] != "skipped":
+            trained.append(spec)
+        bar.update()
+        bar.write(f"[{i}/{len(todo)}] {progress_line(spec, summary)}", file=sys.stdout)
+    bar.close()
+    return trained

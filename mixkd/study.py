@@ -78,6 +78,15 @@ class Grid:
 
 
 @dataclass
+class Resources:
+    """What each run asks of a Ray cluster. How runs are scheduled, not what they compute: kept out of
+    run configs, so changing it changes no run id."""
+
+    gpus_per_run: float = 0.0  # fractions share a GPU, e.g. 0.25: four small runs per GPU
+    cpus_per_run: float = 1.0
+
+
+@dataclass
 class StudyFile:
     name: str
     dataset: Any
@@ -91,6 +100,7 @@ class StudyFile:
     baselines: bool = True
     output: str | None = None
     description: str = ""
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -159,6 +169,8 @@ def _normalise_students(raw: Any) -> Any:
 
 def parse_study(raw: Any, source: str = "<study>") -> Study:
     f: StudyFile = from_dict(StudyFile, _normalise_students(raw), "")
+    _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
+    _positive(f.resources.cpus_per_run, "resources.cpus_per_run")
     dataset = resolve_component(DATASETS, f.dataset, "dataset", skip=1)
     identity = {k: v for k, v in dataset.items() if k not in RUNTIME_PARAMS}  # what the data is, not how it's fetched
     base_recipe = _recipe(f.recipe, "recipe")

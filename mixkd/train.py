@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,9 +44,61 @@ def split_params(params: dict) -> tuple[str, dict]:
     return params.pop("name"), params
 
 
+def rng_states(device: torch.device, loader, rng: np.random.Generator) -> dict:
+    """Every random stream a run draws from, in types `torch.load(weights_only=True)` accepts."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "loader": loader.generator.get_state(),  # per-epoch permutation and augmentation draws
+            "mixing": rng.bit_generator.state}  # a dict of ints and strings
+
+
+def restore_rng_states(states: dict, loader, rng: np.random.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    loader.generator.set_state(states["loader"])
+    rng.bit_generator.state = states["mixing"]
+
+
+@dataclass
+class Progress:
+    """Where training stands at an epoch boundary: enough, with the model, optimizer and RNG states,
+    to continue exactly as if never stopped."""
+
+    epoch: int = 0
+    step: int = 0
+    best: tuple[float, int] = (-1.0, 0)  # (top-1, epoch)
+    scores: dict = field(default_factory=dict)  # the last evaluation's metrics
+    seconds: float = 0.0  # time spent in epochs 1..epoch, over every attempt
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "Progress":
+        return cls(state["epoch"], state["step"], tuple(state["best"]), state["scores"], state["seconds"])
+
+
+def resume(rundir: RunDir, model: nn.Module, optimizer, loader, rng: np.random.Generator) -> Progress:
+    """Restore the last checkpoint, if any, and cut the epoch log back to it; else start from scratch."""
+    state = rundir.training_state()
+    if state is None:
+        rundir.truncate_epochs(0)
+        return Progress()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_states(state["rng"], loader, rng)
+    rundir.truncate_epochs(state["epoch"])
+    return Progress.from_checkpoint(state)
+
+
+def save_checkpoint(rundir: RunDir, model: nn.Module, optimizer, progress: Progress, rng_state: dict) -> None:
+    rundir.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": progress.epoch, "step": progress.step, "best": list(progress.best),
+                            "scores": progress.scores, "seconds": progress.seconds, "rng": rng_state})
+
+
 def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher: nn.Module | None = None,
-              desc: str = "") -> tuple[dict, nn.Module]:
-    """Train one resolved run config; log each epoch to `rundir`; return the final metrics and the model."""
+              desc: str = "", checkpoint_every: int = 1) -> tuple[dict, nn.Module]:
+    """Train one resolved run config, resuming from its checkpoint if it has one; log each epoch and
+    checkpoint every `checkpoint_every` epochs (and the last) to `rundir`; return the final metrics and the model."""
     recipe, seed, distill = config["recipe"], config["seed"], config["distill"]
     torch.manual_seed(seed)
     model = build_model(config, data).to(device)
@@ -64,18 +117,20 @@ def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher:
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
                                 weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"])
     epochs, steps = recipe["epochs"], len(train_loader)
+    progress = resume(rundir, model, optimizer, train_loader, rng)
+    resumed_from = progress.epoch
 
-    bar = tqdm(total=epochs * len(data.train_y), unit="img", unit_scale=True, desc=desc, leave=False,
-               disable=None, dynamic_ncols=True)
-    start, step, best = time.perf_counter(), 0, (-1.0, 0)
-    for epoch in range(1, epochs + 1):
+    bar = tqdm(total=epochs * len(data.train_y), initial=resumed_from * len(data.train_y), unit="img",
+               unit_scale=True, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    for epoch in range(resumed_from + 1, epochs + 1):
         epoch_start = time.perf_counter()
         distiller.train()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         seen = 0
         for x, y in train_loader:
             for group in optimizer.param_groups:
-                group["lr"] = recipe["lr"] * lr_factor(recipe["schedule"], step, steps, epochs, recipe["warmup_epochs"])
+                group["lr"] = recipe["lr"] * lr_factor(recipe["schedule"], progress.step, steps, epochs,
+                                                       recipe["warmup_epochs"])
             mix = mixer(x, y, rng)
             _, parts = distiller.forward_train(x, y, mix, epoch)
             total = sum(parts.values())
@@ -86,24 +141,27 @@ def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher:
                 sums[name] += value.detach() * len(y)
             sums["loss"] += total.detach() * len(y)
             seen += len(y)
-            step += 1
+            progress.step += 1
             bar.update(len(y))
         train = {f"train_{k}": v.item() / seen for k, v in sums.items()}
         if not np.isfinite(train["train_loss"]):
             raise NonFiniteLoss(f"training loss became {train['train_loss']} in epoch {epoch}")
         logits, labels = predict(model, eval_loader)
-        scores = compute_metrics(logits, labels)
-        if scores["top1"] > best[0]:
-            best = (scores["top1"], epoch)
+        progress.epoch, progress.scores = epoch, compute_metrics(logits, labels)
+        if progress.scores["top1"] > progress.best[0]:
+            progress.best = (progress.scores["top1"], epoch)
+        seconds = time.perf_counter() - epoch_start
+        progress.seconds += seconds
         rundir.log_epoch({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **train,
-                          "test_top1": scores["top1"], "test_loss": scores["nll"],
-                          "seconds": time.perf_counter() - epoch_start})
-        bar.set_postfix(epoch=epoch, loss=f"{train['train_loss']:.3f}", top1=f"{scores['top1']:.3f}")
+                          "test_top1": progress.scores["top1"], "test_loss": progress.scores["nll"],
+                          "seconds": seconds})
+        if epoch % checkpoint_every == 0 or epoch == epochs:
+            save_checkpoint(rundir, model, optimizer, progress, rng_states(device, train_loader, rng))
+        bar.set_postfix(epoch=epoch, loss=f"{train['train_loss']:.3f}", top1=f"{progress.scores['top1']:.3f}")
     bar.close()
-    seconds = time.perf_counter() - start
-    rundir.save_model(model)
-    return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": best[0], "best_epoch": best[1],
-            "train_seconds": seconds, "images_per_s": epochs * len(data.train_y) / seconds,
+    return {**{f"{k}_last": v for k, v in progress.scores.items()}, "top1_best": progress.best[0],
+            "best_epoch": progress.best[1], "train_seconds": progress.seconds,
+            "images_per_s": epochs * len(data.train_y) / progress.seconds, "resumed_from_epoch": resumed_from,
             "eval_split": getattr(data, "eval_split", "test")}, model
 
 
@@ -112,6 +170,6 @@ def import_teacher(config: dict, checkpoint: str, data, device: torch.device, ru
     model = build_model(config, data)
     load_teacher_checkpoint(model, checkpoint)
     scores = compute_metrics(*predict(model.to(device), data.eval_loader(500, device)))
-    rundir.save_model(model)
+    rundir.save_checkpoint({"model": model.state_dict()})
     return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": scores["top1"], "best_epoch": None,
             "train_seconds": 0.0, "eval_split": getattr(data, "eval_split", "test")}, model

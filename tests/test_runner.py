@@ -145,12 +145,7 @@ def test_a_checkpoint_can_stand_in_for_a_teacher(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     teacher = runs[runs["role"] == "teacher"].iloc[0]
     assert teacher["train_seconds"] == 0 and (runs["status"] == "complete").all()
-
-    torch.save({"model": create_model("cnn_small", 10, 3).state_dict()}, tmp_path / "teacher.pth")
-    assert run(path, tmp_path / "out2") == 1  # 10 classes into a 4-class model: recorded, explained
-    runs = pd.read_csv(tmp_path / "out2" / "runs.csv")
-    error = runs.loc[runs["role"] == "teacher", "error"].iloc[0]
-    assert "teacher.pth" in error and "\n" not in error
+    # a checkpoint that does not fit its architecture stops the study up front: see test_resilience.py
 
 
 def test_transmix_trains_a_vit_student_end_to_end(tmp_path):

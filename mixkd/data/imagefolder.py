@@ -24,6 +24,7 @@ class _ToDevice:
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device):
         self.loader, self.device = loader, device
+        self.generator = loader.generator  # shuffling and worker seeds: checkpointed to resume a run
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,0 +1,145 @@
+"""Executors: how a study's pending runs are spread over processes or a Ray cluster.
+
+Each takes the runs to do (teachers first), the study's RunContext and the options, and yields every
+run's summary as it finishes. The unit of work is always `runner.execute_run`, so per-run locks,
+resuming from checkpoints and recording failures behave the same whichever executor runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Callable, Iterator
+
+import torch
+
+from .errors import MixkdError
+from .registry import Registry
+from .runner import Job, RunContext, execute_run
+from .study import RunSpec
+
+Executor = Callable[[list[RunSpec], RunContext, "ExecutorOptions"], Iterator[dict]]
+EXECUTORS: Registry[Executor] = Registry("executor")
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    workers: int = 1  # local: worker processes
+    address: str | None = None  # ray: the cluster to join ("auto": the one on this machine)
+
+
+def teacher_of(spec: RunSpec) -> str | None:
+    return spec.config["distill"]["teacher"] if spec.config["distill"] else None
+
+
+_contexts: dict[str, RunContext] = {}
+
+
+def run_in_worker(job: Job, spec: RunSpec) -> dict:
+    """The unit of work in a worker process: the job's RunContext (dataset, teachers) is built once per process."""
+    if job.key not in _contexts:
+        _contexts.clear()  # a long-lived (Ray) worker moved on to another study: drop the last one's data
+        _contexts[job.key] = RunContext(job)
+    return execute_run(spec, _contexts[job.key])
+
+
+@EXECUTORS.register("local")
+def local(todo: list[RunSpec], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
+    """One run at a time in this process, or `workers` processes that each start a student only after
+    its teacher finished."""
+    if options.address:
+        raise MixkdError("--address joins a Ray cluster; it needs --executor ray")
+    if options.workers == 1:
+        return (execute_run(spec, ctx) for spec in todo)
+    return _process_pool(todo, ctx.job, options.workers)
+
+
+def _limit_threads(threads: int) -> None:
+    """Share the cores among the workers: each torch would otherwise start a thread per core."""
+    torch.set_num_threads(threads)
+
+
+def _process_pool(todo: list[RunSpec], job: Job, workers: int) -> Iterator[dict]:
+    ids = {spec.run_id for spec in todo}
+    waiting: dict[str, list[RunSpec]] = defaultdict(list)  # teacher id → its students in `todo`
+    ready = []
+    for spec in todo:
+        (waiting[teacher_of(spec)] if teacher_of(spec) in ids else ready).append(spec)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_limit_threads,
+                               initargs=(max(1, (os.cpu_count() or 1) // workers),))
+    try:
+        running = {pool.submit(run_in_worker, job, spec): spec for spec in ready}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = running.pop(future)
+                yield future.result()
+                running.update({pool.submit(run_in_worker, job, s): s for s in waiting.pop(spec.run_id, [])})
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+@EXECUTORS.register("ray")
+def ray_tasks(todo: list[RunSpec], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
+    """One Ray task per run, on a local Ray instance or, with --address, a running cluster; each student
+    task takes its teacher task's result as an argument, so Ray starts it only once the teacher is done."""
+    if options.workers != 1:
+        raise MixkdError("--workers is for --executor local; on Ray, the cluster's resources and the study's "
+                         "`resources` decide how many runs train at once")
+    try:
+        import ray
+    except ImportError:
+        raise MixkdError("--executor ray needs Ray: pip install 'mixkd[ray]'") from None
+    return _ray_summaries(ray, todo, ctx.job, options.address)
+
+
+def _ray_summaries(ray, todo: list[RunSpec], job: Job, address: str | None) -> Iterator[dict]:
+    started_here = not ray.is_initialized()
+    if started_here:
+        _init_ray(ray, address)
+    try:
+        pending = _submit(ray, todo, job)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield _result(ray, done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _init_ray(ray, address: str | None) -> None:
+    try:
+        ray.init(address=address)
+    except ConnectionError as e:
+        reason = str(e).split(". ")[0]
+        raise MixkdError(f"--address {address}: no Ray cluster there ({reason}); start one with `ray start --head`, "
+                         f"or leave out --address to start a local one") from None
+
+
+def _submit(ray, todo: list[RunSpec], job: Job) -> list:
+    resources = job.study.file.resources
+    task = ray.remote(num_cpus=resources.cpus_per_run, num_gpus=resources.gpus_per_run)(_ray_task)
+    job_ref = ray.put(job)  # the study once in the object store, not once per task
+    refs = {}
+    for spec in todo:  # teachers come first, so a student's teacher task already exists
+        teacher = refs.get(teacher_of(spec))
+        refs[spec.run_id] = task.remote(job_ref, spec, *([teacher] if teacher else []))
+    return list(refs.values())
+
+
+def _ray_task(job: Job, spec: RunSpec, *teacher_summary: dict) -> dict:
+    """`teacher_summary` is unused: as an argument it makes Ray run this task after the teacher's."""
+    return run_in_worker(job, spec)
+
+
+def _result(ray, ref) -> dict:
+    """A run's summary; an input or environment error raised in a task is re-raised as the one line it is."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, MixkdError):
+            raise e.cause from None
+        raise

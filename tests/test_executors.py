@@ -1,0 +1,101 @@
+"""Executors: worker processes and Ray train the same runs to the same numbers as one process, teachers first."""
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from mixkd.cli import main
+from mixkd.provenance import environment
+from mixkd.study import load_study
+
+STUDY = {
+    "name": "executors",
+    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
+    "recipe": {"epochs": 2, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
+    "teachers": {"t": {"model": "cnn_small"}},
+    "students": ["cnn_tiny"],
+    "grid": {"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student"], "seeds": [0]},
+}
+# where and when a run was computed: differs between executors by design
+VARYING = {*environment(torch.device("cpu")), "started_at", "finished_at", "wall_seconds", "train_seconds",
+           "images_per_s"}
+
+
+def write(tmp_path, study=STUDY):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run(path, out, *extra):
+    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
+
+
+def tables(out):
+    runs = pd.read_csv(out / "runs.csv")
+    return (runs.drop(columns=[c for c in runs.columns if c in VARYING]).sort_values("run_id", ignore_index=True),
+            pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
+            .sort_values(["run_id", "epoch"], ignore_index=True))
+
+
+def assert_same_tables(a, b):
+    for x, y in zip(tables(a), tables(b)):
+        pd.testing.assert_frame_equal(x, y)
+
+
+def assert_teachers_finished_first(out):
+    runs = pd.read_csv(out / "runs.csv").set_index("run_id")
+    students = runs[runs["role"] == "student"]
+    assert len(students) and (students["started_at"] >= runs.loc[students["teacher_id"], "finished_at"].values).all()
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sequential")
+    path = write(tmp)
+    assert run(path, tmp / "out") == 0
+    return path, tmp / "out"
+
+
+def test_worker_processes_give_the_same_tables_as_one_process(sequential, tmp_path):
+    path, reference = sequential
+    assert run(path, tmp_path / "out", "--workers", "2") == 0
+    assert_same_tables(reference, tmp_path / "out")
+    assert_teachers_finished_first(tmp_path / "out")
+
+
+def test_ray_gives_the_same_tables_as_one_process(sequential, tmp_path):
+    import ray  # in the dev extra: CI must run this test, not skip it
+
+    path, reference = sequential
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        assert run(path, tmp_path / "out", "--executor", "ray") == 0
+    finally:
+        ray.shutdown()
+    assert_same_tables(reference, tmp_path / "out")
+    assert_teachers_finished_first(tmp_path / "out")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--executor", "rey"], ["unknown executor 'rey'", "did you mean ray"]),
+    (["--address", "auto"], ["--address", "needs --executor ray"]),
+    (["--executor", "ray", "--workers", "2"], ["--workers is for --executor local"]),
+])
+def test_executor_options_that_do_not_fit_are_one_line_errors(tmp_path, capsys, args, says):
+    assert run(write(tmp_path), tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(s in err for s in says)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_resources_are_validated_and_change_no_run_id(tmp_path):
+    ids = [r.run_id for r in load_study(write(tmp_path)).runs]
+    path = write(tmp_path, {**STUDY, "resources": {"gpus_per_run": 0.25, "cpus_per_run": 2}})
+    study = load_study(path)
+    assert [r.run_id for r in study.runs] == ids and study.file.resources.gpus_per_run == 0.25
+    with pytest.raises(Exception, match=r"resources\.gpus: unknown key; allowed: gpus_per_run, cpus_per_run"):
+        load_study(write(tmp_path, {**STUDY, "resources": {"gpus": 1}}))
+    with pytest.raises(Exception, match=r"resources\.cpus_per_run: must be > 0"):
+        load_study(write(tmp_path, {**STUDY, "resources": {"cpus_per_run": 0}}))

@@ -1,0 +1,281 @@
+"""Surviving kills, sharing a study between runners, retrying failures, and refusing bad input in one line."""
+
+import builtins
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import mixkd
+from mixkd import runner as runner_module
+from mixkd.cli import main
+from mixkd.errors import MixkdError
+from mixkd.models import create_model
+from mixkd.rundir import RunDir
+from mixkd.study import load_study
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
+    "recipe": {"epochs": 1, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
+    "teachers": {"t": {"model": "cnn_small"}},
+    "students": ["cnn_tiny"],
+    "grid": {"mix": ["mixup"], "seeds": [0]},
+}
+# the scratch and student runs train long enough for a kill to land in the middle of one
+LONG = {**TINY, "name": "long", "dataset": {"name": "synthetic", "train_size": 256, "test_size": 64},
+        "teachers": {"t": {"model": "cnn_small", "recipe": {"epochs": 2}}},
+        "students": {"cnn_tiny": {"model": "cnn_tiny", "recipe": {"epochs": 30}}}}
+TIMEOUT = 120  # seconds any one subprocess may take, far beyond what it needs
+
+
+def write(tmp_path, study=TINY, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run(path, out, *extra):
+    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
+
+
+def mixkd_command(path, out) -> list[str]:
+    return [sys.executable, "-m", "mixkd.cli", "run", str(path), "--out", str(out), "--device", "cpu"]
+
+
+def subprocess_env() -> dict:
+    """This checkout's mixkd, whichever one the venv has installed; one thread each, as two mixkd processes
+    share the cores here and OpenMP threads that wait on each other slow both down many times over."""
+    return {**os.environ, "PYTHONPATH": str(Path(mixkd.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def start(path, out) -> subprocess.Popen:
+    return subprocess.Popen(mixkd_command(path, out), env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def poll(condition, process: subprocess.Popen, what: str):
+    """Wait for `condition()` to be truthy while `process` runs; no assumption about the machine's speed."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        if process.poll() is not None:
+            pytest.fail(f"mixkd exited ({process.returncode}) before {what}:\n{process.stdout.read()}")
+        time.sleep(0.01)
+    process.kill()
+    pytest.fail(f"no {what} within {TIMEOUT}s")
+
+
+def summaries(out: Path, study) -> dict[str, dict | None]:
+    return {r.run_id: RunDir(out, r.run_id).read_summary() for r in study.runs}
+
+
+def comparable(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = pd.read_csv(out / "runs.csv").set_index("run_id").sort_index()
+    metrics = [c for c in runs.columns if c.endswith(("_last", "_best")) or c == "best_epoch"]
+    epochs = pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
+    return runs[["status", *metrics]], epochs.sort_values(["run_id", "epoch"], ignore_index=True)
+
+
+# --- crash safety -------------------------------------------------------------------------------------------
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_identical_results(tmp_path):
+    path, out, reference = write(tmp_path, LONG), tmp_path / "killed", tmp_path / "reference"
+    study = load_study(path)
+    uninterrupted = start(path, reference)  # alongside, on the same machine
+    victim = start(path, out)
+
+    def mid_run():
+        done = {rid for rid, s in summaries(out, study).items() if s}
+        return next((rid for rid in summaries(out, study) if rid not in done and done
+                     and (RunDir(out, rid).path / "checkpoint.pt").exists()), None)
+
+    killed_run = poll(mid_run, victim, "a finished run and another with a checkpoint")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(TIMEOUT)
+    victim.stdout.close()
+    finished_before = {rid: s for rid, s in summaries(out, study).items() if s}
+    checkpoint_epoch = RunDir(out, killed_run).training_state()["epoch"]
+    assert checkpoint_epoch >= 1 and killed_run not in finished_before
+
+    resumed = subprocess.run(mixkd_command(path, out), env=subprocess_env(), capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert uninterrupted.wait(TIMEOUT) == 0, uninterrupted.stdout.read()
+    uninterrupted.stdout.close()
+
+    after = summaries(out, study)
+    assert all(after[rid] == s for rid, s in finished_before.items())  # nothing finished was trained again
+    assert after[killed_run]["resumed_from_epoch"] == checkpoint_epoch
+    for got, want in zip(comparable(out), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
+    path, out = write(tmp_path), tmp_path / "out"
+    assert run(path, out, "--checkpoint-every", "5") == 0  # the last epoch is always checkpointed
+    state = torch.load(RunDir(out, load_study(path).runs[0].run_id).path / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "epoch", "step", "best", "scores", "seconds", "rng"} <= set(state)
+    assert set(state["rng"]) == {"torch", "cuda", "loader", "mixing"} and state["epoch"] == 1
+
+
+def test_runs_table_carries_provenance_and_wall_seconds(tmp_path):
+    path, out = write(tmp_path), tmp_path / "out"
+    assert run(path, out) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    for col in ["mixkd_version", "git_commit", "torch_version", "cuda_version", "cudnn_version", "device_name",
+                "hostname", "started_at", "finished_at", "train_seconds", "wall_seconds", "resumed_from_epoch"]:
+        assert col in runs.columns, col
+    trained = runs[runs["train_seconds"] > 0]
+    assert len(trained) and (trained["wall_seconds"] >= trained["train_seconds"]).all()
+
+
+# --- locking --------------------------------------------------------------------------------------------------
+
+
+def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
+    study_dict = {**LONG, "students": {"cnn_tiny": {"model": "cnn_tiny", "recipe": {"epochs": 4}}},
+                  "grid": {"mix": ["none", "mixup"], "seeds": [0, 1]}}
+    path, out = write(tmp_path, study_dict), tmp_path / "out"
+    study = load_study(path)
+    runners = [start(path, out) for _ in range(2)]
+    logs = [r.communicate(timeout=TIMEOUT)[0] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], logs
+    trained = [m for log in logs for m in re.findall(r"^\[\d+/\d+\] (\w{12}) .*: top1 ", log, re.M)]
+    assert sorted(trained) == sorted(r.run_id for r in study.runs)  # each once, by one runner or the other
+    assert sum(int(re.search(r"trained (\d+)", log).group(1)) for log in logs) == len(study.runs)
+    skipped = [line for log in logs for line in log.splitlines() if ": skipped: " in line]
+    says = r"^\[\d+/\d+\] \w{12} .*: skipped: (another runner is training it|already complete, by another runner)$"
+    assert all(re.match(says, line) for line in skipped), skipped
+    assert all(len(RunDir(out, r.run_id).read_epochs()) == r.config["recipe"]["epochs"] for r in study.runs)
+
+
+# --- failures ---------------------------------------------------------------------------------------------------
+
+
+def test_retry_failed_reruns_only_the_failed_runs(tmp_path, monkeypatch, capsys):
+    path, out = write(tmp_path), tmp_path / "out"
+    study = load_study(path)
+    real = runner_module.train_run
+
+    def flaky(config, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
+        if config["role"] == "student":
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_run", flaky)
+    assert run(path, out) == 1
+    monkeypatch.setattr(runner_module, "train_run", real)
+    assert main(["ls", str(path), "--out", str(out)]) == 0
+    assert re.search(r"student .* failed", capsys.readouterr().out)
+    before = summaries(out, study)
+    failed = {rid for rid, s in before.items() if s["status"] == "failed"}
+    assert len(failed) == 1 and "launch failure" in before[next(iter(failed))]["error"]
+
+    assert run(path, out) == 1  # not retried without the flag
+    assert summaries(out, study) == before
+    assert run(path, out, "--retry-failed") == 0
+    after = summaries(out, study)
+    assert all(after[rid] == s for rid, s in before.items() if rid not in failed)
+    assert all(after[rid]["status"] == "complete" for rid in failed)
+
+
+# --- bad input: one line, non-zero exit, a traceback only with --debug -------------------------------------------
+
+
+def assert_one_line_error(capsys, args: list[str], *says: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixkd: error: ") and err.count("\n") == 1, err
+    assert all(s in err for s in says), err
+    with pytest.raises(MixkdError):
+        main(["--debug", *args])
+    return err
+
+
+def run_args(path, out, *extra) -> list[str]:
+    return ["run", str(path), "--out", str(out), "--device", "cpu", *extra]
+
+
+def nothing_trained(out: Path) -> bool:
+    return not list(out.glob("runs/*/summary.json"))
+
+
+def test_a_checkpoint_teacher_that_does_not_fit_stops_the_study_before_any_run(tmp_path, capsys):
+    torch.save({"model": create_model("cnn_small", 10, 3).state_dict()}, tmp_path / "teacher.pth")
+    study = {**TINY, "teachers": {"given": {"model": "cnn_small", "checkpoint": "teacher.pth"}}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert_one_line_error(capsys, run_args(path, out), "teacher.pth", "does not fit SmallCNN", "fc.weight",
+                          "(10, 32) vs model (4, 32)")
+    assert nothing_trained(out)
+
+
+def test_a_missing_dataset_stops_the_study_before_any_run(tmp_path, capsys):
+    study = {**TINY, "dataset": "cifar100", "teachers": {"t": {"model": "resnet8"}}, "students": ["resnet8"]}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(capsys, run_args(path, out, "--data-root", str(tmp_path / "empty")),
+                          "cifar100", "is missing", "--data-root")
+    assert not (out / "runs").exists()
+
+
+def test_an_output_directory_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(capsys, run_args(write(tmp_path), tmp_path / "file" / "sub"),
+                          "cannot write to the output directory", "file/sub", "Not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory anyway; "
+                                              "test_an_output_directory_under_a_file_is_one_line covers the case")
+def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    assert_one_line_error(capsys, run_args(write(tmp_path), tmp_path / "ro"),
+                          "cannot write to the output directory", "Permission denied")
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_the_run_resumes_later(tmp_path, capsys, monkeypatch):
+    path, out = write(tmp_path), tmp_path / "out"
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("epochs.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    assert_one_line_error(capsys, run_args(path, out), "no space left on device writing", "epochs.jsonl")
+    assert nothing_trained(out)  # the run is not marked failed: there is nothing wrong with it
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert run(path, out) == 0
+
+
+def test_a_run_directory_whose_config_no_longer_matches_its_id_is_refused(tmp_path, capsys):
+    path, out = write(tmp_path), tmp_path / "out"
+    assert run(path, out) == 0
+    spec = load_study(path).runs[-1]
+    saved = RunDir(out, spec.run_id).path / "config.yaml"
+    content = yaml.safe_load(saved.read_text())
+    content["config"]["recipe"]["lr"] = 0.1  # as if mixkd's default had been 0.1 when it was trained
+    saved.write_text(yaml.safe_dump(content))
+    assert_one_line_error(capsys, run_args(path, out), f"run {spec.run_id}", "recipe.lr=0.1", "0.05")
+
+
+def test_a_renamed_study_still_finds_its_results(tmp_path, capsys):
+    path, out = write(tmp_path), tmp_path / "out"
+    assert run(path, out) == 0
+    renamed = write(tmp_path, {**TINY, "name": "tiny_renamed"}, "renamed.yaml")
+    capsys.readouterr()
+    assert run(renamed, out) == 0
+    assert "trained 0" in capsys.readouterr().out
+    assert (pd.read_csv(out / "runs.csv")["study"] == "tiny_renamed").all()
