@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -88,3 +89,26 @@ def write_tables(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     atomic_write(out / "epochs.parquet", _parquet_bytes(epochs))
     atomic_write(out / "metrics.parquet", _parquet_bytes(metrics_table(study, out)))
     return runs, epochs
+
+
+@dataclass(frozen=True)
+class Tables:
+    """A finished study's tables, as figures and notebooks read them: nothing from run directories."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+
+
+def read_tables(folder: str | Path) -> Tables:
+    """The tables in a study's output folder (or a copy of them, e.g. results/quickstart); absent ones are empty."""
+    folder = Path(folder)
+
+    def read(name: str, reader, columns: list[str]) -> pd.DataFrame:
+        return reader(folder / name) if (folder / name).exists() else pd.DataFrame(columns=columns)
+
+    return Tables(runs=read("runs.parquet", pd.read_parquet, RUN_COLUMNS),
+                  metrics=read("metrics.parquet", pd.read_parquet, ["run_id", "metric", "value"]),
+                  summary=read("summary.csv", pd.read_csv, ["metric", "mean"]),
+                  comparisons=read("comparisons.csv", pd.read_csv, ["axis", "a", "b", "mean_diff"]))
