@@ -30,6 +30,22 @@ VIEWS: dict[str, View] = {
 }
 
 
+class TeacherForward:
+    """The teacher's logits on one batch, clean and mixed, each computed at most once (without gradients):
+    every run of a lockstep group reads the same ones."""
+
+    def __init__(self, teacher: nn.Module, x: Tensor, mix: MixResult):
+        self.teacher, self.x, self.mix = teacher, x, mix
+        self._logits: dict[bool, Tensor] = {}
+
+    def logits(self, mixed: bool) -> Tensor:
+        if mixed not in self._logits:
+            with torch.no_grad():
+                out = self.mix.forward(self.teacher, self.x) if mixed else self.teacher(self.x)
+            self._logits[mixed] = out.float()
+        return self._logits[mixed]
+
+
 class Distiller(nn.Module):
     """Student (+ optional frozen teacher) → (logits, {part: loss}) for one batch."""
 
@@ -55,7 +71,10 @@ class Distiller(nn.Module):
             self.teacher.eval()  # BatchNorm statistics of the teacher never move
         return self
 
-    def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int,
+                      teacher_out: "TeacherForward | None" = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`teacher_out` lets runs trained in lockstep share one teacher forward per batch; alone, the
+        distiller makes its own."""
         v = self.view
         if v.student_mixed:
             logits, mix = mix.forward_student(self.student, x)  # TransMix relabels from the student's attention
@@ -63,13 +82,13 @@ class Distiller(nn.Module):
         else:
             logits = self.student(x)
             targets = smooth_one_hot(y, self.num_classes, self.label_smoothing)
+        logits = logits.float()  # losses in fp32 whatever the autocast precision
         teacher_probs = None
         if self.teacher is not None and self.loss.uses_teacher:
-            with torch.no_grad():
-                t_logits = mix.forward(self.teacher, x) if v.teacher_mixed else self.teacher(x)
-                teacher_probs = self.loss.teacher_probs(t_logits.float())
-                if v.interpolate_teacher:
-                    teacher_probs = mix.interpolate(teacher_probs)
+            teacher_out = teacher_out or TeacherForward(self.teacher, x, mix)
+            teacher_probs = self.loss.teacher_probs(teacher_out.logits(v.teacher_mixed))
+            if v.interpolate_teacher:
+                teacher_probs = mix.interpolate(teacher_probs)
         return logits, self.loss(LossInputs(logits, targets, teacher_probs, mix, epoch))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """Executors: how a study's pending runs are spread over processes or a Ray cluster.
 
-Each takes the runs to do (teachers first), the study's RunContext and the options, and yields every
-run's summary as it finishes. The unit of work is always `runner.execute_run`, so per-run locks,
-resuming from checkpoints and recording failures behave the same whichever executor runs it.
+Each takes the runs to do (teachers first) as lockstep groups, the study's RunContext and the options,
+and yields every run's summary as it finishes. The unit of work is always `runner.execute_group`, so
+per-run locks, resuming from checkpoints and recording failures behave the same whichever executor runs it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import torch
 
 from .errors import MixkdError
 from .registry import Registry
-from .runner import Job, RunContext, execute_run
+from .runner import Job, RunContext, execute_group
 from .study import RunSpec
 
-Executor = Callable[[list[RunSpec], RunContext, "ExecutorOptions"], Iterator[dict]]
+Group = list[RunSpec]
+Executor = Callable[[list[Group], RunContext, "ExecutorOptions"], Iterator[dict]]
 EXECUTORS: Registry[Executor] = Registry("executor")
 
 
@@ -31,29 +32,31 @@ class ExecutorOptions:
     address: str | None = None  # ray: the cluster to join ("auto": the one on this machine)
 
 
-def teacher_of(spec: RunSpec) -> str | None:
-    return spec.config["distill"]["teacher"] if spec.config["distill"] else None
+def teacher_of(group: Group) -> str | None:
+    """The run every run of the group distils from (one: it is part of the lockstep key), or None."""
+    d = group[0].config["distill"]
+    return d["teacher"] if d else None
 
 
 _contexts: dict[str, RunContext] = {}
 
 
-def run_in_worker(job: Job, spec: RunSpec) -> dict:
+def run_in_worker(job: Job, group: Group) -> list[dict]:
     """The unit of work in a worker process: the job's RunContext (dataset, teachers) is built once per process."""
     if job.key not in _contexts:
         _contexts.clear()  # a long-lived (Ray) worker moved on to another study: drop the last one's data
         _contexts[job.key] = RunContext(job)
-    return execute_run(spec, _contexts[job.key])
+    return execute_group(group, _contexts[job.key])
 
 
 @EXECUTORS.register("local")
-def local(todo: list[RunSpec], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
-    """One run at a time in this process, or `workers` processes that each start a student only after
-    its teacher finished."""
+def local(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
+    """One group at a time in this process, or `workers` processes that each start a group of students
+    only after their teacher finished. On one GPU, several workers keep it busy with small runs."""
     if options.address:
         raise MixkdError("--address joins a Ray cluster; it needs --executor ray")
     if options.workers == 1:
-        return (execute_run(spec, ctx) for spec in todo)
+        return (summary for group in todo for summary in execute_group(group, ctx))
     return _process_pool(todo, ctx.job, options.workers)
 
 
@@ -62,30 +65,33 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _process_pool(todo: list[RunSpec], job: Job, workers: int) -> Iterator[dict]:
-    ids = {spec.run_id for spec in todo}
-    waiting: dict[str, list[RunSpec]] = defaultdict(list)  # teacher id → its students in `todo`
+def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
+    ids = {spec.run_id for group in todo for spec in group}
+    waiting: dict[str, list[Group]] = defaultdict(list)  # teacher id → groups of its students in `todo`
     ready = []
-    for spec in todo:
-        (waiting[teacher_of(spec)] if teacher_of(spec) in ids else ready).append(spec)
+    for group in todo:
+        (waiting[teacher_of(group)] if teacher_of(group) in ids else ready).append(group)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_limit_threads,
                                initargs=(max(1, (os.cpu_count() or 1) // workers),))
     try:
-        running = {pool.submit(run_in_worker, job, spec): spec for spec in ready}
+        running = {pool.submit(run_in_worker, job, group): group for group in ready}
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                spec = running.pop(future)
-                yield future.result()
-                running.update({pool.submit(run_in_worker, job, s): s for s in waiting.pop(spec.run_id, [])})
+                group = running.pop(future)
+                yield from future.result()
+                for spec in group:
+                    running.update({pool.submit(run_in_worker, job, g): g for g in waiting.pop(spec.run_id, [])})
     finally:
         pool.shutdown(cancel_futures=True)
 
 
 @EXECUTORS.register("ray")
-def ray_tasks(todo: list[RunSpec], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
-    """One Ray task per run, on a local Ray instance or, with --address, a running cluster; each student
-    task takes its teacher task's result as an argument, so Ray starts it only once the teacher is done."""
+def ray_tasks(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
+    """One Ray task per lockstep group, on a local Ray instance or, with --address, a running cluster; a
+    student group's task takes its teacher's task result as an argument, so Ray starts it only once the
+    teacher is done. Every task writes to the study directory itself: on a cluster it must be on a
+    filesystem all nodes share."""
     if options.workers != 1:
         raise MixkdError("--workers is for --executor local; on Ray, the cluster's resources and the study's "
                          "`resources` decide how many runs train at once")
@@ -96,7 +102,7 @@ def ray_tasks(todo: list[RunSpec], ctx: RunContext, options: ExecutorOptions) ->
     return _ray_summaries(ray, todo, ctx.job, options.address)
 
 
-def _ray_summaries(ray, todo: list[RunSpec], job: Job, address: str | None) -> Iterator[dict]:
+def _ray_summaries(ray, todo: list[Group], job: Job, address: str | None) -> Iterator[dict]:
     started_here = not ray.is_initialized()
     if started_here:
         _init_ray(ray, address)
@@ -104,7 +110,7 @@ def _ray_summaries(ray, todo: list[RunSpec], job: Job, address: str | None) -> I
         pending = _submit(ray, todo, job)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield _result(ray, done[0])
+            yield from _result(ray, done[0])
     finally:
         if started_here:
             ray.shutdown()
@@ -119,24 +125,25 @@ def _init_ray(ray, address: str | None) -> None:
                          f"or leave out --address to start a local one") from None
 
 
-def _submit(ray, todo: list[RunSpec], job: Job) -> list:
+def _submit(ray, todo: list[Group], job: Job) -> list:
     resources = job.study.file.resources
     task = ray.remote(num_cpus=resources.cpus_per_run, num_gpus=resources.gpus_per_run)(_ray_task)
     job_ref = ray.put(job)  # the study once in the object store, not once per task
-    refs = {}
-    for spec in todo:  # teachers come first, so a student's teacher task already exists
-        teacher = refs.get(teacher_of(spec))
-        refs[spec.run_id] = task.remote(job_ref, spec, *([teacher] if teacher else []))
-    return list(refs.values())
+    refs, by_run = [], {}
+    for group in todo:  # teachers come first, so a student group's teacher task already exists
+        teacher = by_run.get(teacher_of(group))
+        refs.append(task.remote(job_ref, group, *([teacher] if teacher else [])))
+        by_run.update({spec.run_id: refs[-1] for spec in group})
+    return refs
 
 
-def _ray_task(job: Job, spec: RunSpec, *teacher_summary: dict) -> dict:
-    """`teacher_summary` is unused: as an argument it makes Ray run this task after the teacher's."""
-    return run_in_worker(job, spec)
+def _ray_task(job: Job, group: Group, *teacher_summaries: list[dict]) -> list[dict]:
+    """`teacher_summaries` is unused: as an argument it makes Ray run this task after the teacher's."""
+    return run_in_worker(job, group)
 
 
-def _result(ray, ref) -> dict:
-    """A run's summary; an input or environment error raised in a task is re-raised as the one line it is."""
+def _result(ray, ref) -> list[dict]:
+    """A group's summaries; an input or environment error raised in a task is re-raised as the one line it is."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:

@@ -80,14 +80,22 @@ def draw_lam(rng: np.random.Generator, alpha: float, n: int, per_sample: bool) -
     return rng.beta(alpha, alpha, size=n) if per_sample else np.full(n, rng.beta(alpha, alpha))
 
 
-def partners(rng: np.random.Generator, n: int, device) -> Tensor:
-    return torch.as_tensor(rng.permutation(n), device=device)
+def on_device(values: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Host-drawn values on `like`'s device. On CUDA via pinned memory and a non-blocking copy: a copy from
+    pageable memory makes the host wait for the GPU's queue to drain, once per copy, every step."""
+    t = torch.as_tensor(values, dtype=dtype)
+    if like.device.type != "cuda":
+        return t.to(like.device)
+    return t.pin_memory().to(like.device, non_blocking=True)
+
+
+def partners(rng: np.random.Generator, n: int, like: Tensor) -> Tensor:
+    return on_device(rng.permutation(n), like)
 
 
 def blend(x: Tensor, y: Tensor, index: np.ndarray, lam: np.ndarray) -> MixResult:
     """The convex combination λ·x + (1-λ)·x[index] shared by the mixup family."""
-    index = torch.as_tensor(index, device=x.device)
-    lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    index, lam_t = on_device(index, x), on_device(lam, x, x.dtype)
     w = lam_t.view(-1, *([1] * (x.dim() - 1)))
     return MixResult(w * x + (1 - w) * x[index], y, y[index], lam_t, index)
 
@@ -151,8 +159,8 @@ def manifold_mixup(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float 
     the reference's CIFAR runs. Stage 0 mixes the stem's output (the reference's layer 0 is the raw
     input; the same thing for models whose stem is the identity).
     """
-    index = partners(rng, len(y), x.device)
-    lam = torch.as_tensor(draw_lam(rng, alpha, len(y), per_sample), dtype=x.dtype, device=x.device)
+    index = partners(rng, len(y), x)
+    lam = on_device(draw_lam(rng, alpha, len(y), per_sample), x, x.dtype)
     return MixResult(x, y, y[index], lam, index, stage=int(stages[rng.integers(len(stages))]))
 
 
@@ -192,14 +200,14 @@ def pasted(x: Tensor, y: Tensor, index: np.ndarray, box: tuple[np.ndarray, ...],
     n, h, w = len(y), x.shape[-2], x.shape[-1]
     groups = [slice(None)] if len(box[0]) == 1 else [slice(i, i + 1) for i in range(n)]
     box = tuple(np.broadcast_to(b, (n,)) for b in box)
-    index_t = torch.as_tensor(index, device=x.device)
+    index_t = on_device(index, x)
     out, src = x.clone(), x[index_t]
     for g in groups:
         y0, y1, x0, x1 = (int(b[g][0]) for b in box)
         if y1 > y0 and x1 > x0:
             out[g, ..., y0:y1, x0:x1] = patch(src[g], y0, y1, x0, x1)
-    mask = torch.as_tensor(masks_of(box, h, w), dtype=x.dtype, device=x.device)[:, None]
-    lam = torch.as_tensor(box_lam(box, h, w), dtype=x.dtype, device=x.device)
+    mask = on_device(masks_of(box, h, w), x, x.dtype)[:, None]
+    lam = on_device(box_lam(box, h, w), x, x.dtype)
     return MixResult(out, y, y[index_t], lam, index_t, mask=mask)
 
 

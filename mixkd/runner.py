@@ -1,8 +1,8 @@
 """Run every run of a study, teachers before their students, skipping what is already complete.
 
-`execute_run` is the unit of work every executor (`mixkd.executors`) runs: it claims the run's lock,
-so two runners on one study share its runs instead of training any twice, and it resumes a run
-from its last checkpoint.
+`execute_group` is the unit of work every executor (`mixkd.executors`) runs: a lockstep group of runs
+(`engine.lockstep_groups`; one run when lockstep is 1). It claims each run's lock, so two runners on one
+study share its runs instead of training any twice, and each run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from tqdm.auto import tqdm
 
 from .analysis import analyse_run
 from .data import create_dataset
+from .engine import lockstep_groups
 from .errors import MixkdError
 from .models.checkpoint import load_teacher_checkpoint
 from .provenance import environment, now
 from .rundir import NoSpaceLeft, RunDir, check_writable
 from .study import RunSpec, Study
-from .train import build_model, import_teacher, train_run
+from .train import build_model, import_teacher, train_group
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,6 +103,7 @@ class RunContext:
     def __init__(self, job: Job):
         self.job, self.study, self.out = job, job.study, Path(job.out)
         self.device = resolve_device(job.device)
+        self.engine = self.study.file.engine.resolve(self.device)
         self.specs = {r.run_id: r for r in self.study.runs}
         self.env = environment(self.device)
         self._data = None
@@ -114,7 +117,8 @@ class RunContext:
         return self._data
 
     def teacher(self, spec: RunSpec) -> torch.nn.Module | None:
-        """The student's trained teacher, loaded once from its run directory and frozen in eval mode."""
+        """The student's trained teacher, loaded once from its run directory, frozen in eval mode and laid
+        out (and compiled) as the engine says."""
         if spec.config["distill"] is None:
             return None
         tid = spec.config["distill"]["teacher"]
@@ -124,7 +128,7 @@ class RunContext:
             if rundir.status() != "complete":
                 raise MixkdError(f"teacher run {tid} is {rundir.status()}; its students cannot train")
             model = rundir.load_model(build_model(self.specs[tid].config, self.data))
-            self._teachers[tid] = model.to(self.device).eval()
+            self._teachers[tid] = self.engine.compiled(self.engine.prepare(model).eval())
         return self._teachers[tid]
 
 
@@ -144,17 +148,21 @@ def preflight(todo: list[RunSpec], ctx: RunContext) -> None:
             load_teacher_checkpoint(build_model(spec.config, data), spec.labels["checkpoint"])
 
 
-def execute_run(spec: RunSpec, ctx: RunContext) -> dict:
-    """Claim the run, then train (or import) it, analyse it and write its summary. A run another runner
-    holds, or has finished since this study started, is skipped. Never raises for a failed run."""
-    rundir = RunDir(ctx.out, spec.run_id)
-    with rundir.claim() as held:
-        if not held:
-            return skipped(spec, "another runner is training it")
-        status = rundir.status()
-        if status not in todo_statuses(ctx.job.retry_failed):
-            return skipped(spec, f"already {status}, by another runner")
-        return _run(spec, ctx, rundir)
+def execute_group(specs: list[RunSpec], ctx: RunContext) -> list[dict]:
+    """Claim the group's runs, then train (or import) those still to do together, analyse each and write
+    its summary. A run another runner holds, or has finished since this study started, is skipped.
+    Returns one summary per run; never raises for a failed run."""
+    with ExitStack() as held_locks:
+        summaries, mine = [], []
+        for spec in specs:
+            rundir = RunDir(ctx.out, spec.run_id)
+            if not held_locks.enter_context(rundir.claim()):
+                summaries.append(skipped(spec, "another runner is training it"))
+            elif (status := rundir.status()) not in todo_statuses(ctx.job.retry_failed):
+                summaries.append(skipped(spec, f"already {status}, by another runner"))
+            else:
+                mine.append((spec, rundir))
+        return summaries + (_run_group(mine, ctx) if mine else [])
 
 
 def skipped(spec: RunSpec, reason: str) -> dict:
@@ -162,27 +170,48 @@ def skipped(spec: RunSpec, reason: str) -> dict:
     return {"run_id": spec.run_id, "status": "skipped", "reason": reason}
 
 
-def _run(spec: RunSpec, ctx: RunContext, rundir: RunDir) -> dict:
+def failure(e: BaseException) -> dict:
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}",
+            "traceback": "".join(traceback.format_exception(e))}
+
+
+def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
     started, clock = now(), time.perf_counter()
-    rundir.start(spec.config, spec.labels, spec.run_id)
+    for spec, rundir in runs:
+        rundir.start(spec.config, spec.labels, spec.run_id)
+    lead = runs[0][0]
     try:
-        teacher = None
-        if "checkpoint" in spec.labels:
-            result, model = import_teacher(spec.config, spec.labels["checkpoint"], ctx.data, ctx.device, rundir)
+        if "checkpoint" in lead.labels:  # an imported teacher is a group of one
+            outcomes = [import_teacher(lead.config, lead.labels["checkpoint"], ctx.data, ctx.device, runs[0][1])]
+            teacher = None
         else:
-            teacher = ctx.teacher(spec)
-            result, model = train_run(spec.config, ctx.data, ctx.device, rundir, teacher, describe(spec),
-                                      ctx.job.checkpoint_every)
-        rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
-        result = {"status": "complete", **result}
+            teacher = ctx.teacher(lead)
+            members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
+                                  describe(lead), ctx.job.checkpoint_every)
+            outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
     except NoSpaceLeft:
-        raise  # every later run would fail alike: stop the study, keep the checkpoint to resume from
-    except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
-               "wall_seconds": time.perf_counter() - clock}  # this attempt: training, evaluation and analysis
-    rundir.write_summary(summary)
-    return summary
+        raise  # every later run would fail alike: stop the study, keep the checkpoints to resume from
+    except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
+        outcomes = [e] * len(runs)
+    summaries = []
+    for (spec, rundir), outcome in zip(runs, outcomes):
+        if isinstance(outcome, BaseException):
+            result = failure(outcome)
+        else:
+            result, model = outcome
+            try:
+                rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
+                result = {"status": "complete", **result}
+            except NoSpaceLeft:
+                raise
+            except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
+                result = failure(e)
+        # wall_seconds: this attempt's group training and evaluation, plus the analyses up to this run's
+        summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
+                   "wall_seconds": time.perf_counter() - clock}
+        rundir.write_summary(summary)
+        summaries.append(summary)
+    return summaries
 
 
 def progress_line(spec: RunSpec, summary: dict) -> str:
@@ -195,7 +224,7 @@ def progress_line(spec: RunSpec, summary: dict) -> str:
 def run_study(job: Job, executor: str = "local", workers: int = 1, address: str | None = None) -> list[RunSpec]:
     """Train the study's unfinished runs, teachers first, with the named executor; returns those trained
     here (not those skipped for another runner). Tables are the caller's job."""
-    from .executors import EXECUTORS, ExecutorOptions  # executors build on execute_run, defined above
+    from .executors import EXECUTORS, ExecutorOptions  # executors build on execute_group, defined above
 
     run = EXECUTORS.get(executor, "--executor")
     check_writable(job.out)
@@ -204,7 +233,8 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     if not todo:
         return []
     ctx = RunContext(job)
-    summaries = run(todo, ctx, ExecutorOptions(workers, address))  # checks the options; starts nothing yet
+    groups = lockstep_groups(todo, ctx.engine.lockstep)
+    summaries = run(groups, ctx, ExecutorOptions(workers, address))  # checks the options; starts nothing yet
     preflight(todo, ctx)
     specs, trained = ctx.specs, []
     bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)

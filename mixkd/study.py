@@ -19,6 +19,7 @@ import yaml
 
 from . import losses, mixing
 from .data import DATASETS, RUNTIME_PARAMS
+from .engine import Engine
 from .errors import ConfigError, MixkdError
 from .models import is_known_model, unknown_model_message
 from .schedules import SCHEDULES
@@ -79,8 +80,8 @@ class Grid:
 
 @dataclass
 class Resources:
-    """What each run asks of a Ray cluster. How runs are scheduled, not what they compute: kept out of
-    run configs, so changing it changes no run id."""
+    """What each Ray task, one lockstep group of runs (see `engine.lockstep`), asks of a Ray cluster. How
+    runs are scheduled, not what they compute: kept out of run configs, so changing it changes no run id."""
 
     gpus_per_run: float = 0.0  # fractions share a GPU, e.g. 0.25: four small runs per GPU
     cpus_per_run: float = 1.0
@@ -101,6 +102,7 @@ class StudyFile:
     output: str | None = None
     description: str = ""
     resources: Resources = field(default_factory=Resources)
+    engine: Engine = field(default_factory=Engine)  # how runs compute: also out of run ids
 
 
 @dataclass

@@ -1,28 +1,31 @@
-"""The training loop: one run, start to finish, in one readable function (nanoGPT-style).
+"""The training loop: runs start to finish, one alone or several in lockstep (`train_group`).
 
 Everything random derives from the run's seed through separate streams (model init, data order and
 augmentation, mixing draws), so runs that differ only in student, temperature or loss see the same
-batches and the same mixes: their differences are paired comparisons.
+batches and the same mixes: their differences are paired comparisons. That is also what lets such runs
+train in lockstep, sharing one loader, one mixing draw and one teacher forward per batch, with results
+equal to training each alone.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .distill import Distiller
+from .distill import Distiller, TeacherForward
+from .engine import DeviceEngine
 from .losses import CE, create_loss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .models import create_model
 from .models.checkpoint import load_teacher_checkpoint
-from .rundir import RunDir
+from .rundir import NoSpaceLeft, RunDir
 from .schedules import lr_factor
 
 
@@ -44,20 +47,21 @@ def split_params(params: dict) -> tuple[str, dict]:
     return params.pop("name"), params
 
 
-def rng_states(device: torch.device, loader, rng: np.random.Generator) -> dict:
-    """Every random stream a run draws from, in types `torch.load(weights_only=True)` accepts."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            "loader": loader.generator.get_state(),  # per-epoch permutation and augmentation draws
+def shared_rng_states(loader, rng: np.random.Generator) -> dict:
+    """The streams every run of a lockstep group shares, in types `torch.load(weights_only=True)` accepts."""
+    return {"loader": loader.generator.get_state(),  # per-epoch permutation and augmentation draws
             "mixing": rng.bit_generator.state}  # a dict of ints and strings
 
 
-def restore_rng_states(states: dict, loader, rng: np.random.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
-    loader.generator.set_state(states["loader"])
-    rng.bit_generator.state = states["mixing"]
+def torch_rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+
+
+def set_torch_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -76,93 +80,180 @@ class Progress:
         return cls(state["epoch"], state["step"], tuple(state["best"]), state["scores"], state["seconds"])
 
 
-def resume(rundir: RunDir, model: nn.Module, optimizer, loader, rng: np.random.Generator) -> Progress:
-    """Restore the last checkpoint, if any, and cut the epoch log back to it; else start from scratch."""
-    state = rundir.training_state()
-    if state is None:
-        rundir.truncate_epochs(0)
-        return Progress()
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_states(state["rng"], loader, rng)
-    rundir.truncate_epochs(state["epoch"])
-    return Progress.from_checkpoint(state)
+def loss_and_view(config: dict):
+    """A student's distillation loss and mixed view; teachers and scratch students: (mixed-)label CE."""
+    distill = config["distill"]
+    if not distill:
+        return CE(), "student"
+    name, params = split_params(distill["loss"])
+    return create_loss(name, temperature=distill["temperature"], **params), distill["mixed_view"]
 
 
-def save_checkpoint(rundir: RunDir, model: nn.Module, optimizer, progress: Progress, rng_state: dict) -> None:
-    rundir.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": progress.epoch, "step": progress.step, "best": list(progress.best),
-                            "scores": progress.scores, "seconds": progress.seconds, "rng": rng_state})
+class Member:
+    """One run of a lockstep group: its model, optimizer, loss, global-RNG stream and records.
 
+    The batches, mixes and teacher outputs are the group's. Its own copy of torch's global RNG state
+    (what dropout and drop-path draw from) is swapped in around each of its steps, so each run draws
+    exactly what it would alone.
+    """
 
-def train_run(config: dict, data, device: torch.device, rundir: RunDir, teacher: nn.Module | None = None,
-              desc: str = "", checkpoint_every: int = 1) -> tuple[dict, nn.Module]:
-    """Train one resolved run config, resuming from its checkpoint if it has one; log each epoch and
-    checkpoint every `checkpoint_every` epochs (and the last) to `rundir`; return the final metrics and the model."""
-    recipe, seed, distill = config["recipe"], config["seed"], config["distill"]
-    torch.manual_seed(seed)
-    model = build_model(config, data).to(device)
-    if distill:
-        loss_name, loss_params = split_params(distill["loss"])
-        loss, view = create_loss(loss_name, temperature=distill["temperature"], **loss_params), distill["mixed_view"]
-    else:
-        loss, view, teacher = CE(), "student", None  # teachers and scratch students: (mixed-)label CE
-    mix_params = dict(config["mix"])
-    mixer = Mixer(mix_params.pop("name"), mix_params, prob=mix_params.pop("prob"))
-    distiller = Distiller(model, teacher, loss, view, data.num_classes, recipe["label_smoothing"])
+    def __init__(self, config: dict, data, engine: DeviceEngine, teacher: nn.Module | None,
+                 rundir: RunDir | None = None):
+        self.config, self.recipe, self.engine, self.rundir = config, config["recipe"], engine, rundir
+        torch.manual_seed(config["seed"])
+        self.model = engine.prepare(build_model(config, data))
+        loss, view = loss_and_view(config)
+        self.distiller = Distiller(engine.compiled(self.model), teacher if config["distill"] else None, loss, view,
+                                   data.num_classes, self.recipe["label_smoothing"])
+        self.optimizer = engine.sgd(self.model.parameters(), self.recipe)
+        self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
+        self.resumed_from, self.shared_rng = 0, None
+        self.epoch_sums: dict[str, Tensor] = {}  # loss parts × images, on the device until the epoch ends
 
-    train_loader = data.train_loader(recipe["batch_size"], device, seed)
-    eval_loader = data.eval_loader(recipe["eval_batch_size"], device)
-    rng = mixing_rng(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-                                weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"])
-    epochs, steps = recipe["epochs"], len(train_loader)
-    progress = resume(rundir, model, optimizer, train_loader, rng)
-    resumed_from = progress.epoch
+    def resume(self) -> None:
+        """Restore the run's last checkpoint, if any, and cut its epoch log back to it."""
+        state = self.rundir.training_state()
+        if state is None:
+            self.rundir.truncate_epochs(0)
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
+        self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
+        self.rundir.truncate_epochs(state["epoch"])
+        self.progress = Progress.from_checkpoint(state)
+        self.resumed_from = self.progress.epoch
 
-    bar = tqdm(total=epochs * len(data.train_y), initial=resumed_from * len(data.train_y), unit="img",
-               unit_scale=True, desc=desc, leave=False, disable=None, dynamic_ncols=True)
-    for epoch in range(resumed_from + 1, epochs + 1):
-        epoch_start = time.perf_counter()
-        distiller.train()
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-        seen = 0
-        for x, y in train_loader:
-            for group in optimizer.param_groups:
-                group["lr"] = recipe["lr"] * lr_factor(recipe["schedule"], progress.step, steps, epochs,
-                                                       recipe["warmup_epochs"])
-            mix = mixer(x, y, rng)
-            _, parts = distiller.forward_train(x, y, mix, epoch)
-            total = sum(parts.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            for name, value in parts.items():  # summed on the device, read once per epoch
-                sums[name] += value.detach() * len(y)
-            sums["loss"] += total.detach() * len(y)
-            seen += len(y)
-            progress.step += 1
-            bar.update(len(y))
-        train = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+    def guarded(self, fn, *args) -> None:
+        """Call one of this run's steps; an error ends this run as failed, not its group."""
+        try:
+            fn(*args)
+        except NoSpaceLeft:
+            raise  # every run would fail alike: stop the study, keep the checkpoints to resume from
+        except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
+            self.error = e
+
+    @contextmanager
+    def own_rng(self):
+        set_torch_rng_state(self.rng)
+        yield
+        self.rng = torch_rng_state(self.engine.device)
+
+    def step(self, x: Tensor, y: Tensor, mix, teacher_out: TeacherForward | None, epoch: int, steps: int) -> None:
+        """One optimisation step; the loss parts are summed on the device and read once per epoch."""
+        r = self.recipe
+        for group in self.optimizer.param_groups:
+            group["lr"] = r["lr"] * lr_factor(r["schedule"], self.progress.step, steps, r["epochs"], r["warmup_epochs"])
+        with self.own_rng(), self.engine.autocast():
+            _, parts = self.distiller.forward_train(x, y, mix, epoch, teacher_out)
+        total = sum(parts.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        for name, value in {**parts, "loss": total}.items():
+            value = value.detach() * len(y)
+            self.epoch_sums[name] = self.epoch_sums[name] + value if name in self.epoch_sums else value
+        self.progress.step += 1
+
+    def end_epoch(self, epoch: int, images: int, seconds: float, eval_loader, shared_rng: dict,
+                  checkpoint_every: int) -> None:
+        """Evaluate, log the epoch and checkpoint; a non-finite loss ends the run as failed."""
+        train = {f"train_{k}": v.item() / images for k, v in self.epoch_sums.items()}
+        self.epoch_sums = {}
         if not np.isfinite(train["train_loss"]):
             raise NonFiniteLoss(f"training loss became {train['train_loss']} in epoch {epoch}")
-        logits, labels = predict(model, eval_loader)
-        progress.epoch, progress.scores = epoch, compute_metrics(logits, labels)
-        if progress.scores["top1"] > progress.best[0]:
-            progress.best = (progress.scores["top1"], epoch)
-        seconds = time.perf_counter() - epoch_start
-        progress.seconds += seconds
-        rundir.log_epoch({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **train,
-                          "test_top1": progress.scores["top1"], "test_loss": progress.scores["nll"],
-                          "seconds": seconds})
-        if epoch % checkpoint_every == 0 or epoch == epochs:
-            save_checkpoint(rundir, model, optimizer, progress, rng_states(device, train_loader, rng))
-        bar.set_postfix(epoch=epoch, loss=f"{train['train_loss']:.3f}", top1=f"{progress.scores['top1']:.3f}")
+        with self.engine.autocast():
+            logits, labels = predict(self.model, eval_loader)
+        p = self.progress
+        p.epoch, p.scores = epoch, compute_metrics(logits, labels)
+        if p.scores["top1"] > p.best[0]:
+            p.best = (p.scores["top1"], epoch)
+        p.seconds += seconds
+        self.rundir.log_epoch({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **train,
+                               "test_top1": p.scores["top1"], "test_loss": p.scores["nll"], "seconds": seconds})
+        if epoch % checkpoint_every == 0 or epoch == self.recipe["epochs"]:
+            self.rundir.save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                         "epoch": p.epoch, "step": p.step, "best": list(p.best), "scores": p.scores,
+                                         "seconds": p.seconds, "rng": {**self.rng, **shared_rng}})
+
+    def result(self, data, group_size: int) -> dict:
+        p, epochs = self.progress, self.recipe["epochs"]
+        return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
+                "train_seconds": p.seconds, "images_per_s": epochs * len(data.train_y) / p.seconds,
+                "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
+                "lockstep_size": group_size, **self.engine.record()}
+
+
+class Lockstep:
+    """Runs that share batches, mixes and teacher, stepped together: per batch one mixing draw and at most
+    one teacher forward per input (clean, mixed), then each live member's own step."""
+
+    def __init__(self, members: list[Member], mixer: Mixer, rng: np.random.Generator, teacher: nn.Module | None,
+                 engine: DeviceEngine):
+        self.members, self.mixer, self.rng, self.teacher, self.engine = members, mixer, rng, teacher, engine
+
+    @property
+    def live(self) -> list[Member]:
+        return [m for m in self.members if m.error is None]
+
+    def step(self, x: Tensor, y: Tensor, epoch: int, steps: int) -> None:
+        x = self.engine.layout(x)
+        mix = self.mixer(x, y, self.rng)
+        teacher_out = TeacherForward(self.teacher, x, mix) if self.teacher is not None else None
+        for m in self.live:
+            m.guarded(m.step, x, y, mix, teacher_out, epoch, steps)
+
+
+def train_group(configs: list[dict], rundirs: list[RunDir], data, engine: DeviceEngine,
+                teacher: nn.Module | None = None, desc: str = "", checkpoint_every: int = 1) -> list[Member]:
+    """Train runs sharing a lockstep key (`engine.lockstep_key`) together, each resuming from its own
+    checkpoint; log each epoch and checkpoint every `checkpoint_every` epochs (and the last) to its run
+    directory. Returns the members: a finished model and `result()`, or `error` set. Alone, a run is a
+    group of one: this is the one training loop."""
+    members = [Member(c, data, engine, teacher, d) for c, d in zip(configs, rundirs)]
+    for m in members:
+        m.guarded(m.resume)
+    # members that stopped at different epochs (a kill between their checkpoints) catch up one cohort at a time
+    for epoch in sorted({m.progress.epoch for m in members if m.error is None}):
+        cohort = [m for m in members if m.error is None and m.progress.epoch == epoch]
+        _train_cohort(cohort, data, engine, teacher, desc, checkpoint_every)
+    return members
+
+
+def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, desc: str, checkpoint_every: int):
+    lead = members[0].config
+    epochs, seed = lead["recipe"]["epochs"], lead["seed"]
+    mix_params = dict(lead["mix"])
+    mixer = Mixer(mix_params.pop("name"), mix_params, prob=mix_params.pop("prob"))
+    loader, rng = data.train_loader(lead["recipe"]["batch_size"], engine.device, seed), mixing_rng(seed)
+    if members[0].shared_rng is not None:
+        loader.generator.set_state(members[0].shared_rng["loader"])
+        rng.bit_generator.state = members[0].shared_rng["mixing"]
+    group = Lockstep(members, mixer, rng, teacher, engine)
+    eval_loaders = {b: data.eval_loader(b, engine.device) for b in {m.recipe["eval_batch_size"] for m in members}}
+    start, n = members[0].progress.epoch, len(data.train_y)
+    if len(members) > 1:
+        desc = f"{desc} +{len(members) - 1} in lockstep"
+    bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,
+               disable=None, dynamic_ncols=True)
+    for epoch in range(start + 1, epochs + 1):
+        clock = time.perf_counter()
+        for m in group.live:
+            m.distiller.train()
+        for x, y in loader:
+            group.step(x, y, epoch, len(loader))
+            bar.update(len(y))
+        seconds = time.perf_counter() - clock
+        shared = shared_rng_states(loader, rng)
+        for m in group.live:
+            m.guarded(m.end_epoch, epoch, n, seconds, eval_loaders[m.recipe["eval_batch_size"]], shared,
+                      checkpoint_every)
+        live = group.live
+        if not live:
+            break
+        top1 = max(m.progress.scores["top1"] for m in live)
+        bar.set_postfix(epoch=epoch, top1=f"{top1:.3f}" if len(live) == 1 else f"≤{top1:.3f}")
     bar.close()
-    return {**{f"{k}_last": v for k, v in progress.scores.items()}, "top1_best": progress.best[0],
-            "best_epoch": progress.best[1], "train_seconds": progress.seconds,
-            "images_per_s": epochs * len(data.train_y) / progress.seconds, "resumed_from_epoch": resumed_from,
-            "eval_split": getattr(data, "eval_split", "test")}, model
 
 
 def import_teacher(config: dict, checkpoint: str, data, device: torch.device, rundir: RunDir) -> tuple[dict, nn.Module]:

@@ -167,16 +167,16 @@ def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
 def test_retry_failed_reruns_only_the_failed_runs(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path), tmp_path / "out"
     study = load_study(path)
-    real = runner_module.train_run
+    real = runner_module.train_group
 
-    def flaky(config, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
-        if config["role"] == "student":
+    def flaky(configs, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
+        if configs[0]["role"] == "student":
             raise RuntimeError("CUDA error: unspecified launch failure")
-        return real(config, *args, **kwargs)
+        return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_run", flaky)
+    monkeypatch.setattr(runner_module, "train_group", flaky)
     assert run(path, out) == 1
-    monkeypatch.setattr(runner_module, "train_run", real)
+    monkeypatch.setattr(runner_module, "train_group", real)
     assert main(["ls", str(path), "--out", str(out)]) == 0
     assert re.search(r"student .* failed", capsys.readouterr().out)
     before = summaries(out, study)

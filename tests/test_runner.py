@@ -78,20 +78,20 @@ def test_second_run_trains_nothing_and_leaves_tables_byte_identical(finished, mo
     path, out = finished
     files = ["runs.csv", "runs.parquet", "epochs.parquet", "figures/accuracy_by_mix.png"]
     before = {f: (out / f).read_bytes() for f in files}
-    monkeypatch.setattr(runner_module, "train_run", lambda *a, **k: pytest.fail("a complete run was trained again"))
+    monkeypatch.setattr(runner_module, "train_group", lambda *a, **k: pytest.fail("a complete run was trained again"))
     assert run(path, out) == 0
     assert {f: (out / f).read_bytes() for f in files} == before
 
 
 def test_each_teacher_is_trained_once_before_its_students(tmp_path, monkeypatch):
     calls = []
-    real = runner_module.train_run
+    real = runner_module.train_group
 
-    def spy(config, *args, **kwargs):
-        calls.append(config)
-        return real(config, *args, **kwargs)
+    def spy(configs, *args, **kwargs):
+        calls.extend(configs)
+        return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_run", spy)
+    monkeypatch.setattr(runner_module, "train_group", spy)
     study = {**TINY, "students": ["cnn_tiny", "cnn_small"], "teachers": {"t": {"model": "cnn_small"}},
              "grid": {**TINY["grid"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
     assert run(write(tmp_path, study), tmp_path / "out") == 0

@@ -1,0 +1,119 @@
+"""How runs compute on the device: precision, memory layout, optimizer kernels, compilation, lockstep.
+
+A study's `engine:` section sets these. They are kept out of run ids (like `resources`) because they
+change how fast a run trains, not what it computes beyond floating-point noise; every run's summary
+records the settings it trained with (`engine_*` columns of runs.csv), so any table can be split by them.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+@dataclass
+class Engine:
+    """What a study asks for; `auto` picks the fast setting on CUDA and plain fp32 eager on the CPU."""
+
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast (no loss scaling needed) or fp32
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC activations: what cuDNN's tensor-core convs want
+    optimizer: Literal["auto", "fused", "foreach", "loop"] = "auto"  # SGD kernel: one fused launch, or per tensor
+    compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False  # reduce-overhead: CUDA graphs
+    lockstep: int = 8  # most runs trained together, sharing batches, mixes and teacher forwards; 1: one by one
+
+    def __post_init__(self):
+        if self.lockstep < 1:
+            raise ConfigError("engine.lockstep", f"must be ≥ 1, got {self.lockstep!r}")
+
+    def resolve(self, device: torch.device) -> "DeviceEngine":
+        cuda = device.type == "cuda"
+        auto = {"precision": "bf16" if cuda else "fp32", "channels_last": cuda,
+                "optimizer": "fused" if cuda else "loop"}
+        pick = {k: auto[k] if getattr(self, k) == "auto" else getattr(self, k) for k in auto}
+        return DeviceEngine(device, pick["precision"], pick["channels_last"], pick["optimizer"], self.compile,
+                            self.lockstep)
+
+
+@dataclass(frozen=True)
+class DeviceEngine:
+    """The engine settled for one device: the helpers the training loop calls."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+    optimizer: str
+    compile: str | bool
+    lockstep: int
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory format the models were put in (a no-op when it already is)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """`model` on the device in the engine's memory format. On CUDA also lets cuDNN time its conv
+        algorithms once per shape: a run repeats a handful of shapes thousands of times."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """What the loop calls: `model` itself, or its compiled wrapper (which shares its parameters, so
+        checkpoints and evaluation keep using `model`)."""
+        if not self.compile:
+            return model
+        return torch.compile(model, mode=None if self.compile == "default" else self.compile)
+
+    def sgd(self, params, recipe: dict) -> torch.optim.SGD:
+        kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[self.optimizer]
+        return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
+                               weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"], **kernel)
+
+    def record(self) -> dict:
+        """The settings as summary fields: scalars, so they become runs.csv columns."""
+        return {"engine_precision": self.precision, "engine_channels_last": self.channels_last,
+                "engine_optimizer": self.optimizer, "engine_compile": str(self.compile or "off")}
+
+
+def lockstep_key(spec) -> str | None:
+    """Runs with equal keys see identical batches, mixes and teacher outputs when trained alone with their
+    seed, so they can share them: same teacher, data, batch size, epochs, mixing variant and seed. They may
+    differ in student, temperature, loss, mixed view and the rest of the recipe. Imported teachers train
+    nothing: no key."""
+    c = spec.config
+    if c["recipe"] is None:
+        return None
+    shared = {"teacher": c["distill"]["teacher"] if c["distill"] else None, "dataset": c["dataset"],
+              "mix": c["mix"], "seed": c["seed"], "batch_size": c["recipe"]["batch_size"],
+              "epochs": c["recipe"]["epochs"]}
+    return json.dumps(shared, sort_keys=True)
+
+
+def lockstep_groups(specs: list, size: int) -> list[list]:
+    """`specs` (teachers first) as groups of at most `size` runs with one lockstep key, in the order of each
+    group's first run, so every teacher's group still precedes its students'."""
+    groups: dict[str, list[list]] = {}
+    ordered: list[list] = []
+    for spec in specs:
+        key = lockstep_key(spec)
+        chunks = groups.setdefault(key, []) if key is not None else None
+        if chunks and len(chunks[-1]) < size:
+            chunks[-1].append(spec)
+            continue
+        group = [spec]
+        ordered.append(group)
+        if chunks is not None:
+            chunks.append(group)
+    return ordered

@@ -1,0 +1,189 @@
+"""The engine: runs trained in lockstep equal runs trained one by one, and with its features off the
+engine equals a plain hand-written KD loop, step by step (CPU)."""
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from mixkd.cli import main
+from mixkd.data import create_dataset
+from mixkd.engine import Engine, lockstep_groups
+from mixkd.errors import ConfigError
+from mixkd.mixing import Mixer, mixup
+from mixkd.rundir import RunDir
+from mixkd.study import parse_study
+from mixkd.train import Lockstep, Member, build_model, mixing_rng, train_group
+
+from test_executors import VARYING
+
+CPU = torch.device("cpu")
+STUDY = {
+    "name": "engine",
+    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
+    "recipe": {"epochs": 2, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
+    "teachers": {"t": {"model": "cnn_small"}},
+    "students": {"drop": {"model": "cnn_tiny", "model_args": {"drop_rate": 0.3}},  # draws from torch's RNG
+                 "small": {"model": "cnn_small"},
+                 "diverges": {"model": "cnn_tiny", "recipe": {"lr": 1e12}}},  # a NaN must not sink its group
+    "grid": {"mix": ["mixup"], "temperature": [1, 4], "mixed_view": ["student", "teacher", "both"], "seeds": [0]},
+    "baselines": False,
+}
+
+
+def train(tmp_path, lockstep: int):
+    path = tmp_path / f"lockstep{lockstep}.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "engine": {"lockstep": lockstep}}))
+    out = tmp_path / f"out{lockstep}"
+    assert main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1  # the diverging runs failed
+    runs = pd.read_csv(out / "runs.csv")
+    epochs = pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
+    return (runs.drop(columns=[c for c in runs.columns if c in VARYING | {"lockstep_size"}])
+            .sort_values("run_id", ignore_index=True), epochs.sort_values(["run_id", "epoch"], ignore_index=True),
+            runs)
+
+
+def test_lockstep_equals_one_by_one(tmp_path):
+    alone_runs, alone_epochs, alone = train(tmp_path, 1)
+    together_runs, together_epochs, together = train(tmp_path, 8)
+    assert set(alone["lockstep_size"].dropna()) == {1} and together["lockstep_size"].max() == 8
+    failed = together[together["status"] == "failed"]
+    assert set(failed["name"]) == {"diverges"} and failed["error"].str.contains("NonFiniteLoss").all()
+    assert (together.loc[together["name"] != "diverges", "status"] == "complete").all()
+    pd.testing.assert_frame_equal(alone_runs, together_runs)
+    pd.testing.assert_frame_equal(alone_epochs, together_epochs)
+
+
+def specs(study=STUDY):
+    return parse_study(study).runs
+
+
+def test_groups_share_teacher_mix_seed_and_batches_and_keep_teachers_first():
+    study = {**STUDY, "grid": {**STUDY["grid"], "seeds": [0, 1]}, "baselines": True}
+    runs = specs(study)
+    groups = lockstep_groups(runs, 8)
+    assert sorted(r.run_id for g in groups for r in g) == sorted(r.run_id for r in runs)
+    assert max(map(len, groups)) == 8 and groups[0][0].role == "teacher"
+    for g in groups:
+        c = g[0].config
+        assert all((r.config["distill"] or {}).get("teacher") == (c["distill"] or {}).get("teacher")
+                   and r.config["mix"] == c["mix"] and r.config["seed"] == c["seed"] for r in g)
+    assert [len(g) for g in lockstep_groups(runs, 1)] == [1] * len(runs)
+
+
+def test_engine_settings_are_checked_and_resolved_per_device():
+    with pytest.raises(ConfigError, match="engine.lockstep"):
+        parse_study({**STUDY, "engine": {"lockstep": 0}})
+    with pytest.raises(ConfigError, match="engine.precision.*allowed: auto, bf16, fp32"):
+        parse_study({**STUDY, "engine": {"precision": "fp16"}})
+    cpu = Engine().resolve(CPU)
+    assert (cpu.precision, cpu.channels_last, cpu.optimizer) == ("fp32", False, "loop")
+    cuda = Engine().resolve(torch.device("cuda"))
+    assert (cuda.precision, cuda.channels_last, cuda.optimizer) == ("bf16", True, "fused")
+    # how runs compute is not what they compute: no run id changes
+    fast = parse_study({**STUDY, "engine": {"precision": "bf16", "lockstep": 2, "compile": "default"}})
+    assert [r.run_id for r in fast.runs] == [r.run_id for r in specs()]
+
+
+def plain_kd_step(model, opt, teacher, x, y, mix, temperature, view, num_classes):
+    """KD as written in the papers, without mixkd's losses or distiller: 0.1·CE(mixed labels) + 0.9·T²·KL."""
+    lam = mix.lam[:, None]
+    targets = lam * F.one_hot(mix.y_a, num_classes) + (1 - lam) * F.one_hot(mix.y_b, num_classes)
+    with torch.no_grad():
+        if view == "both":
+            p_t = F.softmax(teacher(mix.x) / temperature, dim=1)
+        else:
+            p_t = F.softmax(teacher(x) / temperature, dim=1)
+            p_t = lam * p_t + (1 - lam) * p_t[mix.index]
+    logits = model(mix.x)
+    log_p_s = F.log_softmax(logits / temperature, dim=1)
+    ce = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+    kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean() * temperature ** 2
+    loss = 0.1 * ce + 0.9 * kl
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
+    study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}}, "recipe": {**STUDY["recipe"], "schedule": "constant"},
+             "grid": {**STUDY["grid"], "mixed_view": ["student", "both"]}}
+    runs = specs(study)
+    teacher_cfg, students = runs[0].config, [r.config for r in runs[1:]]
+    data = create_dataset("synthetic", train_size=96, test_size=32)
+    engine = Engine(precision="fp32", channels_last=False, optimizer="loop").resolve(CPU)
+    torch.manual_seed(5)
+    teacher = build_model(teacher_cfg, data).eval()
+    members = [Member(c, data, engine, teacher) for c in students]
+    group = Lockstep(members, Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
+
+    plain = []
+    for c in students:
+        torch.manual_seed(c["seed"])
+        model = build_model(c, data)
+        r = c["recipe"]
+        plain.append((model, torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"],
+                                             weight_decay=r["weight_decay"])))
+    rng = mixing_rng(0)
+    loader = data.train_loader(32, CPU, seed=0)
+    for m in members:
+        m.distiller.train()
+    for epoch in (1, 2):
+        loss_sums = [0.0] * len(members)
+        for x, y in loader:
+            group.step(x, y, epoch, len(loader))
+            mix = mixup(x, y, rng)
+            for i, ((model, opt), m, c) in enumerate(zip(plain, members, students)):
+                model.train()
+                d = c["distill"]
+                loss = plain_kd_step(model, opt, teacher, x, y, mix, d["temperature"], d["mixed_view"],
+                                     data.num_classes)
+                loss_sums[i] += loss.detach() * len(y)
+                for p_engine, p_plain in zip(m.model.parameters(), model.parameters()):
+                    torch.testing.assert_close(p_engine, p_plain)
+        for m, total in zip(members, loss_sums):  # the losses the engine summed for its epoch log
+            torch.testing.assert_close(m.epoch_sums.pop("loss"), total)
+            m.epoch_sums.clear()
+    assert all(m.progress.step == 2 * len(loader) for m in members)
+
+
+def test_runs_resumed_at_different_epochs_catch_up_in_cohorts(tmp_path, monkeypatch):
+    study = {**STUDY, "students": {"s": {"model": "cnn_tiny", "model_args": {"drop_rate": 0.3}}},
+             "recipe": {**STUDY["recipe"], "epochs": 3}, "grid": {**STUDY["grid"], "mixed_view": ["student"]}}
+    runs = specs(study)
+    teacher_cfg, students = runs[0], runs[1:]
+    data = create_dataset("synthetic", train_size=96, test_size=32)
+    engine = Engine().resolve(CPU)
+    torch.manual_seed(0)
+    teacher = build_model(teacher_cfg.config, data).eval()
+
+    def rundirs(root, runs):
+        dirs = [RunDir(root, r.run_id) for r in runs]
+        for d, r in zip(dirs, runs):
+            d.start(r.config, r.labels, r.run_id)
+        return dirs
+
+    def trained(root, runs):
+        return [m.result(data, 1)["top1_last"] for m in train_group(
+            [r.config for r in runs], rundirs(root, runs), data, engine, teacher)], \
+            [RunDir(root, r.run_id).read_epochs() for r in runs]
+
+    alone = [trained(tmp_path / "alone", [r]) for r in students]
+
+    real_end = Member.end_epoch
+
+    def killed_after_first_epoch(self, epoch, *args):
+        real_end(self, epoch, *args)
+        raise KeyboardInterrupt  # like a kill: not an error of the run, nothing recorded
+
+    monkeypatch.setattr(Member, "end_epoch", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_group([students[0].config], rundirs(tmp_path / "both", students[:1]), data, engine, teacher)
+    monkeypatch.setattr(Member, "end_epoch", real_end)
+    scores, epochs = trained(tmp_path / "both", students)  # one at epoch 1, one at 0
+    assert scores == [s[0] for s, _ in alone]
+    for e, (_, e_alone) in zip(epochs, alone):
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+        assert strip(e) == strip(e_alone[0])
