@@ -1,4 +1,4 @@
-"""`mixkd` command line: run, ls, report, list."""
+"""`mixkd` command line: run, ls, report, list, bench."""
 
 from __future__ import annotations
 
@@ -110,16 +110,43 @@ def cmd_list(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench.loader import bench_loader, print_loader_bench
+    from .runner import resolve_device
 
     root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
     if not root:
-        raise MixkdError("bench loader: needs the CIFAR-100 files; pass --data-root or set MIXKD_DATA_ROOT")
-    from .runner import resolve_device
+        raise MixkdError(f"bench {args.what}: needs the CIFAR-100 files; pass --data-root or set MIXKD_DATA_ROOT")
+    device = resolve_device(args.device)
+    if args.what == "loader":
+        from .bench.loader import bench_loader, print_loader_bench
 
-    rows = bench_loader(root, resolve_device(args.device), batches=args.batches)
-    print_loader_bench(rows)
+        print_loader_bench(bench_loader(root, device, batches=args.batches))
+        return 0
+    from .bench.engine import PAIRS, bench_engine, print_engine_bench, write_json
+    from .engine import Engine
+
+    steps, warmup = (args.steps or 3, 1) if args.quick else (args.steps or 100, 10)
+    pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else PAIRS
+    print(f"mixkd bench: {len(pairs)} pairs × (reference, engine, lockstep {', '.join(map(str, args.lockstep))}); "
+          f"{steps} timed steps of 64 after {warmup} warm-up on {device}", flush=True)
+    rows = bench_engine(root, device, pairs, tuple(args.lockstep), steps, warmup, args.workers,
+                        Engine(compile=args.compile), log=lambda line: print(line, flush=True))
+    print_engine_bench(rows)
+    if args.json:
+        write_json(rows, args.json)
+        print(f"written {args.json}")
     return 0
+
+
+def model_pair(text: str) -> str:
+    from .models import is_known_model, unknown_model_message
+
+    names = text.split(":")
+    if len(names) != 2:
+        raise argparse.ArgumentTypeError(f"expected TEACHER:STUDENT, e.g. resnet56:resnet20, got {text!r}")
+    for name in names:
+        if not is_known_model(name):
+            raise argparse.ArgumentTypeError(unknown_model_message(name))
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -159,10 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--num-classes", type=int, default=100)
     lst.set_defaults(fn=cmd_list)
     bench = sub.add_parser("bench", help="measure throughput against a reference pipeline in the same process")
-    bench.add_argument("what", choices=["loader"], help="loader: CIFAR-100 torchvision DataLoader vs device loader")
+    bench.add_argument("what", nargs="?", choices=["engine", "loader"], default="engine",
+                       help="engine (default): RepDistiller-style KD loop vs mixkd's engine, single and lockstep; "
+                            "loader: torchvision DataLoader vs device loader")
     bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     bench.add_argument("--data-root", help="CIFAR-100 root (default: $MIXKD_DATA_ROOT)")
-    bench.add_argument("--batches", type=int, default=200, help="batches of 64 timed per pipeline")
+    bench.add_argument("--quick", action="store_true", help="engine: 3 timed steps each (a CPU smoke run)")
+    bench.add_argument("--steps", type=positive_int, help="engine: timed steps per configuration (default 100)")
+    bench.add_argument("--pairs", nargs="+", type=model_pair, metavar="T:S",
+                       help="engine: teacher:student pairs (default resnet56:resnet20 wrn_40_2:wrn_16_2 "
+                            "resnet32x4:resnet8x4)")
+    bench.add_argument("--lockstep", nargs="+", type=positive_int, default=[4, 8], metavar="N",
+                       help="engine: lockstep group sizes to time (default 4 8)")
+    bench.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=False,
+                       help="engine: torch.compile the models (reduce-overhead: CUDA graphs)")
+    bench.add_argument("--workers", type=int, help="reference: DataLoader workers (default min(8, CPUs))")
+    bench.add_argument("--json", metavar="FILE", help="engine: also write the table as JSON, one object per row")
+    bench.add_argument("--batches", type=int, default=200, help="loader: batches of 64 timed per pipeline")
     bench.set_defaults(fn=cmd_bench)
     return p
 
