@@ -1,4 +1,4 @@
-"""`mixkd` command line: run, ls, report, list, bench."""
+"""`mixkd` command line: run, ls, report, compare, list, bench."""
 
 from __future__ import annotations
 
@@ -86,6 +86,20 @@ def cmd_report(args) -> int:
     runs = _report(study, out)
     print(f"{study.name}: {len(runs)} runs; tables (runs, epochs, metrics, summary, comparisons) and figures "
           f"written to {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import first_difference
+
+    try:
+        diff = first_difference(args.a, args.b)
+    except FileNotFoundError as e:
+        raise MixkdError(str(e)) from None
+    if diff:
+        print(f"differ: {diff}")
+        return 1
+    print(f"identical: runs, epochs and metrics tables of {args.a} and {args.b} (provenance and timings aside)")
     return 0
 
 
@@ -179,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save a resumable checkpoint every N epochs (default 1); not part of any run id")
     study_cmd("ls", cmd_ls, "the expanded grid with each run's status")
     study_cmd("report", cmd_report, "rebuild tables and figures from the run directories")
+    cmp = sub.add_parser("compare", help="check that two output folders of a study hold the same numbers")
+    cmp.add_argument("a", help="an output folder (e.g. out/quickstart)")
+    cmp.add_argument("b", help="another output folder of the same study")
+    cmp.set_defaults(fn=cmd_compare)
     lst = sub.add_parser("list", help="what is registered")
     lst.add_argument("kind", choices=LIST_KINDS)
     lst.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")

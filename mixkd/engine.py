@@ -27,10 +27,14 @@ class Engine:
     optimizer: Literal["auto", "fused", "foreach", "loop"] = "auto"  # SGD kernel: one fused launch, or per tensor
     compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False  # reduce-overhead: CUDA graphs
     lockstep: int = 8  # most runs trained together, sharing batches, mixes and teacher forwards; 1: one by one
+    # CPU threads of a run. Fixed, not one per core: threads split reductions, and their order changes the
+    # last bits, so a run's numbers would depend on the machine and the executor. --workers fills the cores.
+    cpu_threads: int = 1
 
     def __post_init__(self):
-        if self.lockstep < 1:
-            raise ConfigError("engine.lockstep", f"must be ≥ 1, got {self.lockstep!r}")
+        for key in ("lockstep", "cpu_threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"engine.{key}", f"must be ≥ 1, got {getattr(self, key)!r}")
 
     def resolve(self, device: torch.device) -> "DeviceEngine":
         cuda = device.type == "cuda"
@@ -38,7 +42,7 @@ class Engine:
                 "optimizer": "fused" if cuda else "loop"}
         pick = {k: auto[k] if getattr(self, k) == "auto" else getattr(self, k) for k in auto}
         return DeviceEngine(device, pick["precision"], pick["channels_last"], pick["optimizer"], self.compile,
-                            self.lockstep)
+                            self.lockstep, self.cpu_threads)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,12 @@ class DeviceEngine:
     optimizer: str
     compile: str | bool
     lockstep: int
+    cpu_threads: int
+
+    def claim_threads(self) -> None:
+        """Set this process's torch thread count for the runs about to train (CPU only)."""
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.cpu_threads)
 
     def autocast(self):
         if self.precision == "bf16":
@@ -84,7 +94,8 @@ class DeviceEngine:
     def record(self) -> dict:
         """The settings as summary fields: scalars, so they become runs.csv columns."""
         return {"engine_precision": self.precision, "engine_channels_last": self.channels_last,
-                "engine_optimizer": self.optimizer, "engine_compile": str(self.compile or "off")}
+                "engine_optimizer": self.optimizer, "engine_compile": str(self.compile or "off"),
+                "engine_cpu_threads": self.cpu_threads if self.device.type == "cpu" else None}
 
 
 def lockstep_key(spec) -> str | None:

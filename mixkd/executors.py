@@ -7,14 +7,12 @@ per-run locks, resuming from checkpoints and recording failures behave the same 
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Callable, Iterator
 
-import torch
 
 from .errors import MixkdError
 from .registry import Registry
@@ -60,19 +58,13 @@ def local(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Itera
     return _process_pool(todo, ctx.job, options.workers)
 
 
-def _limit_threads(threads: int) -> None:
-    """Share the cores among the workers: each torch would otherwise start a thread per core."""
-    torch.set_num_threads(threads)
-
-
 def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
     ids = {spec.run_id for group in todo for spec in group}
     waiting: dict[str, list[Group]] = defaultdict(list)  # teacher id → groups of its students in `todo`
     ready = []
     for group in todo:
         (waiting[teacher_of(group)] if teacher_of(group) in ids else ready).append(group)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_limit_threads,
-                               initargs=(max(1, (os.cpu_count() or 1) // workers),))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))  # threads: the study's engine.cpu_threads
     try:
         running = {pool.submit(run_in_worker, job, group): group for group in ready}
         while running:

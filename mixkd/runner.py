@@ -177,6 +177,7 @@ def failure(e: BaseException) -> dict:
 
 def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
     started, clock = now(), time.perf_counter()
+    ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
     for spec, rundir in runs:
         rundir.start(spec.config, spec.labels, spec.run_id)
     lead = runs[0][0]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from mixkd.cli import main
+from mixkd.compare import comparable_tables
 from mixkd.data import create_dataset
 from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError
@@ -16,7 +17,6 @@ from mixkd.rundir import RunDir
 from mixkd.study import parse_study
 from mixkd.train import Lockstep, Member, build_model, mixing_rng, train_group
 
-from test_executors import VARYING
 
 CPU = torch.device("cpu")
 STUDY = {
@@ -37,22 +37,19 @@ def train(tmp_path, lockstep: int):
     path.write_text(yaml.safe_dump({**STUDY, "engine": {"lockstep": lockstep}}))
     out = tmp_path / f"out{lockstep}"
     assert main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1  # the diverging runs failed
-    runs = pd.read_csv(out / "runs.csv")
-    epochs = pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
-    return (runs.drop(columns=[c for c in runs.columns if c in VARYING | {"lockstep_size"}])
-            .sort_values("run_id", ignore_index=True), epochs.sort_values(["run_id", "epoch"], ignore_index=True),
-            runs)
+    tables = comparable_tables(out)
+    return tables["runs"].drop(columns="lockstep_size"), tables["epochs"], tables["metrics"], pd.read_csv(out / "runs.csv")
 
 
 def test_lockstep_equals_one_by_one(tmp_path):
-    alone_runs, alone_epochs, alone = train(tmp_path, 1)
-    together_runs, together_epochs, together = train(tmp_path, 8)
+    *alone_tables, alone = train(tmp_path, 1)
+    *together_tables, together = train(tmp_path, 8)
     assert set(alone["lockstep_size"].dropna()) == {1} and together["lockstep_size"].max() == 8
     failed = together[together["status"] == "failed"]
     assert set(failed["name"]) == {"diverges"} and failed["error"].str.contains("NonFiniteLoss").all()
     assert (together.loc[together["name"] != "diverges", "status"] == "complete").all()
-    pd.testing.assert_frame_equal(alone_runs, together_runs)
-    pd.testing.assert_frame_equal(alone_epochs, together_epochs)
+    for a, b in zip(alone_tables, together_tables):  # runs, epochs and analyses
+        pd.testing.assert_frame_equal(a, b)
 
 
 def specs(study=STUDY):
@@ -75,6 +72,8 @@ def test_groups_share_teacher_mix_seed_and_batches_and_keep_teachers_first():
 def test_engine_settings_are_checked_and_resolved_per_device():
     with pytest.raises(ConfigError, match="engine.lockstep"):
         parse_study({**STUDY, "engine": {"lockstep": 0}})
+    with pytest.raises(ConfigError, match="engine.cpu_threads"):
+        parse_study({**STUDY, "engine": {"cpu_threads": 0}})
     with pytest.raises(ConfigError, match="engine.precision.*allowed: auto, bf16, fp32"):
         parse_study({**STUDY, "engine": {"precision": "fp16"}})
     cpu = Engine().resolve(CPU)
@@ -187,3 +186,27 @@ def test_runs_resumed_at_different_epochs_catch_up_in_cohorts(tmp_path, monkeypa
     for e, (_, e_alone) in zip(epochs, alone):
         strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
         assert strip(e) == strip(e_alone[0])
+
+
+def test_compiled_models_train_to_the_eager_numbers():
+    """torch.compile (inductor, ~30 s on 2 cores) changes speed, not results beyond float noise."""
+    study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}},
+             "grid": {**STUDY["grid"], "mixed_view": ["student"], "temperature": [4]}}
+    runs = specs(study)
+    data = create_dataset("synthetic", train_size=96, test_size=32)
+    params = {}
+    for mode in (False, "default"):
+        engine = Engine(compile=mode).resolve(CPU)
+        torch.manual_seed(0)
+        teacher = engine.compiled(build_model(runs[0].config, data).eval())
+        member = Member(runs[1].config, data, engine, teacher)
+        member.distiller.train()
+        group = Lockstep([member], Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
+        loader = data.train_loader(32, CPU, seed=0)
+        for epoch in (1, 2):
+            for x, y in loader:
+                group.step(x, y, epoch, len(loader))
+        assert member.error is None
+        params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
+    for eager, compiled in zip(params[False], params["default"]):
+        torch.testing.assert_close(eager, compiled, rtol=1e-4, atol=1e-5)

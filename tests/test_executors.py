@@ -2,11 +2,10 @@
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from mixkd.cli import main
-from mixkd.provenance import environment
+from mixkd.compare import first_difference
 from mixkd.study import load_study
 
 STUDY = {
@@ -17,9 +16,6 @@ STUDY = {
     "students": ["cnn_tiny"],
     "grid": {"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student"], "seeds": [0]},
 }
-# where and when a run was computed: differs between executors by design
-VARYING = {*environment(torch.device("cpu")), "started_at", "finished_at", "wall_seconds", "train_seconds",
-           "images_per_s"}
 
 
 def write(tmp_path, study=STUDY):
@@ -32,16 +28,8 @@ def run(path, out, *extra):
     return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
 
 
-def tables(out):
-    runs = pd.read_csv(out / "runs.csv")
-    return (runs.drop(columns=[c for c in runs.columns if c in VARYING]).sort_values("run_id", ignore_index=True),
-            pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
-            .sort_values(["run_id", "epoch"], ignore_index=True))
-
-
 def assert_same_tables(a, b):
-    for x, y in zip(tables(a), tables(b)):
-        pd.testing.assert_frame_equal(x, y)
+    assert first_difference(a, b) is None
 
 
 def assert_teachers_finished_first(out):
@@ -99,3 +87,21 @@ def test_resources_are_validated_and_change_no_run_id(tmp_path):
         load_study(write(tmp_path, {**STUDY, "resources": {"gpus": 1}}))
     with pytest.raises(Exception, match=r"resources\.cpus_per_run: must be > 0"):
         load_study(write(tmp_path, {**STUDY, "resources": {"cpus_per_run": 0}}))
+
+
+def test_compare_names_the_first_difference(sequential, tmp_path, capsys):
+    import shutil
+
+    _, out = sequential
+    assert main(["compare", str(out), str(out)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    epochs = pd.read_parquet(copy / "epochs.parquet")
+    epochs.loc[3, "test_top1"] += 1e-9  # any change in the last bits is a difference
+    epochs.to_parquet(copy / "epochs.parquet", index=False)
+    capsys.readouterr()
+    assert main(["compare", str(out), str(copy)]) == 1
+    said = capsys.readouterr().out
+    assert said.startswith(f"differ: epochs: run {epochs.loc[3, 'run_id']}, test_top1:"), said
+    assert main(["compare", str(out), str(tmp_path / "absent")]) == 2
+    assert "no such table" in capsys.readouterr().err
