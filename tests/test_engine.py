@@ -38,7 +38,8 @@ def train(tmp_path, lockstep: int):
     out = tmp_path / f"out{lockstep}"
     assert main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1  # the diverging runs failed
     tables = comparable_tables(out)
-    return tables["runs"].drop(columns="lockstep_size"), tables["epochs"], tables["metrics"], pd.read_csv(out / "runs.csv")
+    runs = tables["runs"].drop(columns="lockstep_size")
+    return runs, tables["epochs"], tables["metrics"], pd.read_csv(out / "runs.csv")
 
 
 def test_lockstep_equals_one_by_one(tmp_path):
@@ -210,3 +211,35 @@ def test_compiled_models_train_to_the_eager_numbers():
         params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
     for eager, compiled in zip(params[False], params["default"]):
         torch.testing.assert_close(eager, compiled, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
+    """On CUDA: bf16 + channels_last + fused SGD never make the host wait inside a step (mixing draws
+    included), and land near the fp32 loop's losses."""
+    study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}},
+             "grid": {**STUDY["grid"], "mixed_view": ["student", "both"]}}
+    runs = specs(study)
+    data = create_dataset("synthetic", train_size=96, test_size=32)
+    cuda = torch.device("cuda")
+    losses = {}
+    engines = {"fast": Engine(), "fp32": Engine(precision="fp32", channels_last=False, optimizer="loop")}
+    for name, engine in engines.items():
+        engine = engine.resolve(cuda)
+        torch.manual_seed(0)
+        teacher = engine.prepare(build_model(runs[0].config, data).eval())
+        members = [Member(r.config, data, engine, teacher) for r in runs[1:]]
+        for m in members:
+            m.distiller.train()
+        group = Lockstep(members, Mixer("cutmix", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
+        batches = list(data.train_loader(32, cuda, seed=0))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for x, y in batches:
+                group.step(x, y, 1, len(batches))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert [m.error for m in members] == [None] * len(members)
+        losses[name] = [m.epoch_sums["loss"].item() / 96 for m in members]
+    assert losses["fast"] == pytest.approx(losses["fp32"], rel=0.05)

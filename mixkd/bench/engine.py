@@ -127,7 +127,8 @@ def environment() -> dict:
 
 
 def format_engine_bench(rows: list[dict]) -> str:
-    lines = [f"{'pair':<24}{'mode':<18}{'images/s':>10}{'× ref':>8}{'240-ep run':>12}{'lower bound':>13}{'of bound':>10}"]
+    lines = [f"{'pair':<24}{'mode':<18}{'images/s':>10}{'× ref':>8}{'240-ep run':>12}{'lower bound':>13}"
+             f"{'of bound':>10}"]
     for r in rows:
         lines.append(f"{r['pair']:<24}{r['mode']:<18}{r['images_per_s']:>10.0f}{r['ratio_to_reference']:>7.1f}×"
                      f"{_duration(r['projected_run_s']):>12}{_duration(r['lower_bound_s']):>13}"
