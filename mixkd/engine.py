@@ -115,16 +115,15 @@ def lockstep_key(spec) -> str | None:
 def lockstep_groups(specs: list, size: int) -> list[list]:
     """`specs` (teachers first) as groups of at most `size` runs with one lockstep key, in the order of each
     group's first run, so every teacher's group still precedes its students'."""
-    groups: dict[str, list[list]] = {}
+    filling: dict[str, list] = {}  # key → its newest group, still taking runs until it holds `size`
     ordered: list[list] = []
     for spec in specs:
         key = lockstep_key(spec)
-        chunks = groups.setdefault(key, []) if key is not None else None
-        if chunks and len(chunks[-1]) < size:
-            chunks[-1].append(spec)
+        group = filling.get(key)
+        if group is not None and len(group) < size:
+            group.append(spec)
             continue
-        group = [spec]
-        ordered.append(group)
-        if chunks is not None:
-            chunks.append(group)
+        ordered.append([spec])
+        if key is not None:
+            filling[key] = ordered[-1]
     return ordered

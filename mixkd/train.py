@@ -223,8 +223,8 @@ def train_group(configs: list[dict], rundirs: list[RunDir], data, engine: Device
 def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, desc: str, checkpoint_every: int):
     lead = members[0].config
     epochs, seed = lead["recipe"]["epochs"], lead["seed"]
-    mix_params = dict(lead["mix"])
-    mixer = Mixer(mix_params.pop("name"), mix_params, prob=mix_params.pop("prob"))
+    mix_name, mix_params = split_params(lead["mix"])
+    mixer = Mixer(mix_name, mix_params, prob=mix_params.pop("prob"))
     loader, rng = data.train_loader(lead["recipe"]["batch_size"], engine.device, seed), mixing_rng(seed)
     if members[0].shared_rng is not None:
         loader.generator.set_state(members[0].shared_rng["loader"])

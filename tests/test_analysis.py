@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from scipy import stats
 from torch import nn
 
@@ -19,11 +18,11 @@ from mixkd.analysis.distillation import agreement, kl_divergence, pearson
 from mixkd.analysis.features import scatter_ratio
 from mixkd.analysis.robustness import fgsm, pgd
 from mixkd.analysis.stats import comparisons_table, paired_test, summary_table, write_statistics
-from mixkd.cli import main
 from mixkd.data import InMemoryDataset
 from mixkd.metrics import METRICS, reliability_bins, softmax_entropy
 from mixkd.plots import PLOTS, make_plots, save
 from mixkd.tables import Tables, read_tables
+from tiny import RECIPE, run, tiny_study, write
 
 REPO = Path(__file__).resolve().parents[1]
 K = 4
@@ -247,28 +246,17 @@ def test_summary_gives_mean_std_and_t_interval_per_configuration(tmp_path):
 
 # ---- figures and notebooks on a tiny finished study ---------------------------------------------------------
 
-TINY = {
-    "name": "tiny_analysis",
-    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
-    "recipe": {"epochs": 2, "batch_size": 32, "lr": 0.05, "schedule": "cosine", "eval_batch_size": 64},
-    "teachers": {"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
-    "students": ["cnn_tiny"],
-    "grid": {"mix": ["none", "mixup"], "temperature": [1, 4], "mixed_view": ["student", "both"], "seeds": [0, 1]},
-}
+TINY = tiny_study("tiny_analysis", recipe={**RECIPE, "lr": 0.05},
+                  teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
+                  grid={"mix": ["none", "mixup"], "temperature": [1, 4], "mixed_view": ["student", "both"],
+                        "seeds": [0, 1]})
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """The tiny study trained and reported once. One torch thread: these ops are tiny, and on a shared
-    2-core machine a second thread makes them several times slower."""
+    """The tiny study trained and reported once (each run on one torch thread, the engine's default)."""
     tmp = tmp_path_factory.mktemp("tiny_analysis")
-    (tmp / "study.yaml").write_text(yaml.safe_dump(TINY))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", str(tmp / "study.yaml"), "--out", str(tmp / "out"), "--device", "cpu"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert run(write(tmp, TINY), tmp / "out") == 0
     return tmp / "out"
 
 

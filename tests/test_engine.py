@@ -5,9 +5,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from mixkd.cli import main
 from mixkd.compare import comparable_tables
 from mixkd.data import create_dataset
 from mixkd.engine import Engine, lockstep_groups
@@ -16,27 +14,23 @@ from mixkd.mixing import Mixer, mixup
 from mixkd.rundir import RunDir
 from mixkd.study import parse_study
 from mixkd.train import Lockstep, Member, build_model, mixing_rng, train_group
+from tiny import run, tiny_study, write
 
 
 CPU = torch.device("cpu")
-STUDY = {
-    "name": "engine",
-    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
-    "recipe": {"epochs": 2, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
-    "teachers": {"t": {"model": "cnn_small"}},
-    "students": {"drop": {"model": "cnn_tiny", "model_args": {"drop_rate": 0.3}},  # draws from torch's RNG
-                 "small": {"model": "cnn_small"},
-                 "diverges": {"model": "cnn_tiny", "recipe": {"lr": 1e12}}},  # a NaN must not sink its group
-    "grid": {"mix": ["mixup"], "temperature": [1, 4], "mixed_view": ["student", "teacher", "both"], "seeds": [0]},
-    "baselines": False,
-}
+STUDY = tiny_study(
+    "engine",
+    students={"drop": {"model": "cnn_tiny", "model_args": {"drop_rate": 0.3}},  # draws from torch's RNG
+              "small": {"model": "cnn_small"},
+              "diverges": {"model": "cnn_tiny", "recipe": {"lr": 1e12}}},  # a NaN must not sink its group
+    grid={"mix": ["mixup"], "temperature": [1, 4], "mixed_view": ["student", "teacher", "both"], "seeds": [0]},
+    baselines=False)
 
 
 def train(tmp_path, lockstep: int):
-    path = tmp_path / f"lockstep{lockstep}.yaml"
-    path.write_text(yaml.safe_dump({**STUDY, "engine": {"lockstep": lockstep}}))
+    path = write(tmp_path, {**STUDY, "engine": {"lockstep": lockstep}}, f"lockstep{lockstep}.yaml")
     out = tmp_path / f"out{lockstep}"
-    assert main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1  # the diverging runs failed
+    assert run(path, out) == 1  # the diverging runs failed
     tables = comparable_tables(out)
     runs = tables["runs"].drop(columns="lockstep_size")
     return runs, tables["epochs"], tables["metrics"], pd.read_csv(out / "runs.csv")

@@ -2,30 +2,14 @@
 
 import pandas as pd
 import pytest
-import yaml
 
 from mixkd.cli import main
 from mixkd.compare import first_difference
 from mixkd.study import load_study
+from tiny import run, tiny_study, write
 
-STUDY = {
-    "name": "executors",
-    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
-    "recipe": {"epochs": 2, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
-    "teachers": {"t": {"model": "cnn_small"}},
-    "students": ["cnn_tiny"],
-    "grid": {"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student"], "seeds": [0]},
-}
-
-
-def write(tmp_path, study=STUDY):
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def run(path, out, *extra):
-    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
+STUDY = tiny_study("executors", grid={"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student"],
+                                      "seeds": [0]})
 
 
 def assert_same_tables(a, b):
@@ -41,7 +25,7 @@ def assert_teachers_finished_first(out):
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sequential")
-    path = write(tmp)
+    path = write(tmp, STUDY)
     assert run(path, tmp / "out") == 0
     return path, tmp / "out"
 
@@ -72,14 +56,14 @@ def test_ray_gives_the_same_tables_as_one_process(sequential, tmp_path):
     (["--executor", "ray", "--workers", "2"], ["--workers is for --executor local"]),
 ])
 def test_executor_options_that_do_not_fit_are_one_line_errors(tmp_path, capsys, args, says):
-    assert run(write(tmp_path), tmp_path / "out", *args) == 2
+    assert run(write(tmp_path, STUDY), tmp_path / "out", *args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(s in err for s in says)
     assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_resources_are_validated_and_change_no_run_id(tmp_path):
-    ids = [r.run_id for r in load_study(write(tmp_path)).runs]
+    ids = [r.run_id for r in load_study(write(tmp_path, STUDY)).runs]
     path = write(tmp_path, {**STUDY, "resources": {"gpus_per_run": 0.25, "cpus_per_run": 2}})
     study = load_study(path)
     assert [r.run_id for r in study.runs] == ids and study.file.resources.gpus_per_run == 0.25

@@ -22,30 +22,14 @@ from mixkd.errors import MixkdError
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
+from tiny import RECIPE, run, tiny_study, write
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
-    "recipe": {"epochs": 1, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
-    "teachers": {"t": {"model": "cnn_small"}},
-    "students": ["cnn_tiny"],
-    "grid": {"mix": ["mixup"], "seeds": [0]},
-}
+TINY = tiny_study("tiny", recipe={**RECIPE, "epochs": 1}, grid={"mix": ["mixup"], "seeds": [0]})
 # the scratch and student runs train long enough for a kill to land in the middle of one
 LONG = {**TINY, "name": "long", "dataset": {"name": "synthetic", "train_size": 256, "test_size": 64},
         "teachers": {"t": {"model": "cnn_small", "recipe": {"epochs": 2}}},
         "students": {"cnn_tiny": {"model": "cnn_tiny", "recipe": {"epochs": 30}}}}
 TIMEOUT = 120  # seconds any one subprocess may take, far beyond what it needs
-
-
-def write(tmp_path, study=TINY, name="study.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def run(path, out, *extra):
-    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
 
 
 def mixkd_command(path, out) -> list[str]:
@@ -123,7 +107,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_identical_resu
 
 
 def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out, "--checkpoint-every", "5") == 0  # the last epoch is always checkpointed
     state = torch.load(RunDir(out, load_study(path).runs[0].run_id).path / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "epoch", "step", "best", "scores", "seconds", "rng"} <= set(state)
@@ -131,7 +115,7 @@ def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
 
 
 def test_runs_table_carries_provenance_and_wall_seconds(tmp_path):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out) == 0
     runs = pd.read_csv(out / "runs.csv")
     for col in ["mixkd_version", "git_commit", "torch_version", "cuda_version", "cudnn_version", "device_name",
@@ -165,7 +149,7 @@ def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
 
 
 def test_retry_failed_reruns_only_the_failed_runs(tmp_path, monkeypatch, capsys):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     study = load_study(path)
     real = runner_module.train_group
 
@@ -232,7 +216,7 @@ def test_a_missing_dataset_stops_the_study_before_any_run(tmp_path, capsys):
 
 def test_an_output_directory_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert_one_line_error(capsys, run_args(write(tmp_path), tmp_path / "file" / "sub"),
+    assert_one_line_error(capsys, run_args(write(tmp_path, TINY), tmp_path / "file" / "sub"),
                           "cannot write to the output directory", "file/sub", "Not a directory")
 
 
@@ -240,12 +224,12 @@ def test_an_output_directory_under_a_file_is_one_line(tmp_path, capsys):
                                               "test_an_output_directory_under_a_file_is_one_line covers the case")
 def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
     (tmp_path / "ro").mkdir(mode=0o500)
-    assert_one_line_error(capsys, run_args(write(tmp_path), tmp_path / "ro"),
+    assert_one_line_error(capsys, run_args(write(tmp_path, TINY), tmp_path / "ro"),
                           "cannot write to the output directory", "Permission denied")
 
 
 def test_a_full_disk_stops_the_study_in_one_line_and_the_run_resumes_later(tmp_path, capsys, monkeypatch):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     real_open = builtins.open
 
     def full_disk_open(file, mode="r", *args, **kwargs):
@@ -261,7 +245,7 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_run_resumes_later(tmp_p
 
 
 def test_a_run_directory_whose_config_no_longer_matches_its_id_is_refused(tmp_path, capsys):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out) == 0
     spec = load_study(path).runs[-1]
     saved = RunDir(out, spec.run_id).path / "config.yaml"
@@ -272,7 +256,7 @@ def test_a_run_directory_whose_config_no_longer_matches_its_id_is_refused(tmp_pa
 
 
 def test_a_renamed_study_still_finds_its_results(tmp_path, capsys):
-    path, out = write(tmp_path), tmp_path / "out"
+    path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out) == 0
     renamed = write(tmp_path, {**TINY, "name": "tiny_renamed"}, "renamed.yaml")
     capsys.readouterr()

@@ -8,29 +8,15 @@ import torch
 import yaml
 
 from mixkd import runner as runner_module
-from mixkd.cli import main
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.tables import RUN_COLUMNS
+from tiny import RECIPE, run, tiny_study, write
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "train_size": 96, "test_size": 32},
-    "recipe": {"epochs": 2, "batch_size": 32, "lr": 0.05, "schedule": "cosine", "eval_batch_size": 64},
-    "teachers": {"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
-    "students": ["cnn_tiny"],
-    "grid": {"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student", "both"], "seeds": [0, 1]},
-}
-
-
-def write(tmp_path, study, name="study.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def run(path, out, *extra):
-    return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
+TINY = tiny_study("tiny", recipe={**RECIPE, "lr": 0.05},
+                  teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
+                  grid={"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student", "both"],
+                        "seeds": [0, 1]})
 
 
 @pytest.fixture(scope="module")

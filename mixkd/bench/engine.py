@@ -19,12 +19,12 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
+from .. import provenance
 from ..data import create_dataset
 from ..engine import Engine
 from ..mixing import Mixer
@@ -114,14 +114,13 @@ def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, locks
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = provenance.environment(device)["device_name"]
+    return name if device.type == "cuda" else f"cpu ({name}, {torch.get_num_threads()} threads)"
 
 
 def environment() -> dict:
     """What a recorded table needs beside its numbers: versions, command and date."""
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+    return {"date": provenance.now(), "command": " ".join(sys.argv),
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
 
