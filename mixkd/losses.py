@@ -126,7 +126,8 @@ def dkd_terms(student_logits: Tensor, teacher_probs: Tensor, target: Tensor, tem
     log_p = F.log_softmax(student_logits / temperature, dim=1)
     log_rest = torch.logsumexp(log_p.masked_fill(gt, float("-inf")), dim=1)
     p_gt, p_rest = (teacher_probs * gt).sum(dim=1), (teacher_probs * ~gt).sum(dim=1)
-    tckd = kl_rows(torch.stack([p_gt, p_rest], 1), torch.stack([log_p[gt], log_rest], 1))
+    log_p_gt = log_p.gather(1, target[:, None]).squeeze(1)  # not log_p[gt]: a mask index syncs a GPU
+    tckd = kl_rows(torch.stack([p_gt, p_rest], 1), torch.stack([log_p_gt, log_rest], 1))
     q_t = teacher_probs * ~gt / p_rest.clamp_min(1e-30)[:, None]  # a saturated teacher: no NCKD signal
     nckd = kl_rows(q_t, log_p - log_rest[:, None])
     return tckd, nckd

@@ -5,15 +5,18 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixkd.compare import comparable_tables
 from mixkd.data import create_dataset
+from mixkd.distill import VIEWS
 from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError
-from mixkd.mixing import Mixer, mixup
+from mixkd.losses import LOSSES
+from mixkd.mixing import MIXERS, Mixer, mixup
 from mixkd.rundir import RunDir
 from mixkd.study import parse_study
-from mixkd.train import Lockstep, Member, build_model, mixing_rng, train_group
+from mixkd.train import Lockstep, Member, build_model, mixing_rng, split_params, train_group
 from tiny import run, tiny_study, write
 
 
@@ -237,3 +240,51 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
         assert [m.error for m in members] == [None] * len(members)
         losses[name] = [m.epoch_sums["loss"].item() / 96 for m in members]
     assert losses["fast"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that would make the host wait for a GPU: reading a value (`.item()`, `bool()`) or
+    producing a shape that depends on values (nonzero, boolean-mask indexing). On the CPU they run fine,
+    so the mode is how a CPU test sees them."""
+
+    READS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique2", "unique_dim",
+             "unique_consecutive", "equal"}
+    INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.READS or (name in self.INDEXING and any(
+                i is not None and i.dtype == torch.bool for i in args[1])):
+            self.seen.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mix", sorted(MIXERS))
+@pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"ce"}))
+def test_a_training_step_reads_nothing_back_from_the_device(mix, loss):
+    """Loader batch, mixing draw, teacher forward and every view's student step queue work for the device
+    without waiting on it: the CUDA test below checks this on a GPU; this one, on every mixer and loss."""
+    vit = {"model": "timm/vit_tiny_patch16_224",  # TransMix reads a ViT student's class attention
+           "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}}
+    study = tiny_study("sync", students={"s": vit if mix == "transmix" else {"model": "cnn_tiny"}},
+                       grid={"mix": [mix], "loss": [loss], "mixed_view": list(VIEWS), "seeds": [0]},
+                       baselines=False)
+    runs = specs(study)
+    data = create_dataset("synthetic", train_size=64, test_size=32, img_size=32 if mix == "transmix" else 8)
+    engine = Engine().resolve(CPU)
+    teacher = build_model(runs[0].config, data).eval()
+    members = [Member(r.config, data, engine, teacher) for r in runs[1:]]
+    for m in members:
+        m.distiller.train()
+    name, params = split_params(runs[1].config["mix"])
+    group = Lockstep(members, Mixer(name, params, prob=params.pop("prob")), mixing_rng(0), teacher, engine)
+    batches = iter(data.train_loader(32, CPU, seed=0))
+    with HostReads() as reads:
+        x, y = next(batches)
+        group.step(x, y, 1, 2)
+    assert [m.error for m in members] == [None] * len(members)
+    assert reads.seen == set()
