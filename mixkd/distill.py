@@ -42,7 +42,9 @@ class TeacherForward:
         if mixed not in self._logits:
             with torch.no_grad():
                 out = self.mix.forward(self.teacher, self.x) if mixed else self.teacher(self.x)
-            self._logits[mixed] = out.float()
+            # an fp32 copy the cache owns: a CUDA-graphed teacher (compile: reduce-overhead) writes its
+            # next call's logits into the same memory, and `.float()` of fp32 logits would be that memory
+            self._logits[mixed] = out.to(torch.float32, copy=True)
         return self._logits[mixed]
 
 

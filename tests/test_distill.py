@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixkd.distill import Distiller
+from mixkd.distill import Distiller, TeacherForward
 from mixkd.losses import KD, create_loss
 from mixkd.mixing import Mixer
 from mixkd.models import create_model
@@ -124,3 +124,29 @@ def test_teacher_is_in_eval_mode_from_the_start():
     t.train()
     Distiller(s, t, KD(4.0), "both", K)
     assert not t.training
+
+
+class StaticOutput(torch.nn.Module):
+    """Returns its logits in one buffer that every call overwrites, as a CUDA-graphed module does."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.out = net, None
+
+    def forward(self, x, **kw):
+        logits = self.net(x, **kw)
+        if self.out is None:
+            self.out = torch.empty_like(logits)
+        return self.out.copy_(logits)
+
+
+def test_cached_teacher_logits_survive_the_teachers_next_call():
+    _, t = nets()
+    x, y = batch()
+    mix = mixed(x, y)
+    teacher = StaticOutput(t.eval())
+    out = TeacherForward(teacher, x, mix)
+    clean = out.logits(mixed=False)
+    expected = t(x).detach()
+    out.logits(mixed=True)  # a later call, into the same buffer
+    torch.testing.assert_close(clean, expected)

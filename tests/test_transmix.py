@@ -101,6 +101,20 @@ def test_training_step_relabels_with_student_attention():
     assert not cap.attention.requires_grad
 
 
+def test_a_compiled_student_relabels_as_the_eager_one():
+    """engine.compile wraps the student; the attention hook sits on the eager module inside (~20 s on 2 cores)."""
+    torch.manual_seed(0)
+    net = create_model("timm/vit_tiny_patch16_224", **{**TINY_VIT, "embed_dim": 16, "depth": 1})
+    compiled = torch.compile(net)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    for seed in range(3):  # later batches, other boxes: the hook still fires without recompiling per call
+        mix = Mixer("transmix")(x, y, np.random.default_rng(seed))
+        (eager_logits, eager), (logits, relabelled) = mix.forward_student(net, x), mix.forward_student(compiled, x)
+        torch.testing.assert_close(logits, eager_logits)
+        torch.testing.assert_close(relabelled.lam, eager.lam)
+        assert not torch.equal(relabelled.lam, mix.lam)
+
+
 def test_non_vit_student_is_rejected():
     with pytest.raises(MixkdError, match="TransMix needs a ViT student") as info:
         ClassAttention(create_model("cnn_tiny", num_classes=10))
