@@ -18,10 +18,10 @@ from typing import Any, Literal
 import yaml
 
 from . import losses, mixing
-from .data import DATASETS, RUNTIME_PARAMS
+from .data import DATASETS, RUNTIME_PARAMS, declared_shape
 from .engine import Engine
 from .errors import ConfigError, MixkdError
-from .models import is_known_model, unknown_model_message
+from .models import check_model_args, is_known_model, unknown_model_message
 from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
 
@@ -182,6 +182,8 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
         for key, spec in specs.items():
             if not is_known_model(spec.model):
                 raise ConfigError(f"{where}.{key}.model", unknown_model_message(spec.model))
+            spec.model_args = check_model_args(spec.model, spec.model_args, f"{where}.{key}.model_args",
+                                               declared_shape(dataset))
     pairs = f.pairs if f.pairs is not None else [Pair(t, s) for t in f.teachers for s in f.students]
     for i, p in enumerate(pairs):
         _check_pair(p.teacher, p.student, f, f"pairs[{i}]")

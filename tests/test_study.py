@@ -429,6 +429,10 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r["students"].update(s2={"model": "resnet2"}), "students.s2.model",
      ["unknown model 'resnet2'", "did you mean", "resnet20"]),
     (lambda r: r["teachers"].update(t1={"model": "cnn_wid"}), "teachers.t1.model", ["did you mean cnn_wide"]),
+    (lambda r: r["students"].update(s2={"model": "resnet20", "model_args": {"drop_rate": 0.1}}),
+     "students.s2.model_args.drop_rate", ["unknown argument of resnet20", "allowed: none"]),
+    (lambda r: r["teachers"].update(t1={"model": "cnn_wide", "model_args": {"drop_rate": "high"}}),
+     "teachers.t1.model_args.drop_rate", ["expected float, got 'high'"]),
     (lambda r: r["grid"].update(mix=["none", "mixpu"]), "grid.mix[1].name",
      ["unknown mixer 'mixpu'", "did you mean", "mixup", "registered:"]),
     (lambda r: r["grid"].update(mix=[{"name": "mixup", "beta": 0.2}]), "grid.mix[0].beta",
@@ -452,9 +456,9 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r["grid"].update(seeds=["zero"]), "grid.seeds[0]", ["expected int"]),
     (lambda r: r.update(exclude=["mixup"]), "exclude[0]", ["expected a mapping"]),
 ]
-BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "mix-name", "mix-param",
-           "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs", "bool", "schedule",
-           "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
+BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
+           "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs", "bool",
+           "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
 
 
 @pytest.mark.parametrize("mutate, path, says", BAD, ids=BAD_IDS)
@@ -728,6 +732,15 @@ def test_transmix_cifar_grid(shipped):
 def test_out_of_range_values_are_rejected(overrides, path):
     with pytest.raises(ConfigError, match=path):
         parse_study(study(**overrides))
+
+
+def test_model_args_are_coerced_for_zoo_models_and_tried_on_timm_models():
+    s = parse_study(study(students={"s": {"model": "cnn_tiny", "model_args": {"drop_rate": "1e-1"}}}))
+    assert by_role(s, "student")[0].config["model_args"] == {"drop_rate": 0.1}  # YAML's 1e-1 is a string
+    vit = "timm/vit_tiny_patch16_224"
+    with pytest.raises(ConfigError, match=r"students.s.model_args: timm/vit_tiny_patch16_224 rejects them: "
+                                          r"TypeError: .*unexpected keyword argument 'patch_sise'"):
+        parse_study(study(students={"s": {"model": vit, "model_args": {"patch_sise": 4}}}))
 
 
 def test_unknown_timm_model_is_caught_at_parse_time_with_suggestions():

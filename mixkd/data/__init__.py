@@ -75,6 +75,13 @@ def input_shape(num_classes: int, in_chans: int, img_size: int):
     return mark
 
 
+def declared_shape(spec: dict) -> tuple[int, int, int]:
+    """(classes, channels, size) of a resolved dataset spec without reading it: its factory's declared
+    shape, with any of those three the spec sets; (10, 3, 32) where the factory declares none."""
+    declared = getattr(DATASETS.get(spec["name"]), "shape", (10, 3, 32))
+    return tuple(spec.get(k, v) for k, v in zip(("num_classes", "in_chans", "img_size"), declared))
+
+
 def create_dataset(name: str, root: str | Path | None = None, **params) -> Dataset:
     return DATASETS.get(name, "dataset.name")(root=Path(root) if root is not None else None, **params)
 

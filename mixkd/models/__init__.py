@@ -6,12 +6,20 @@ with ``timm/`` are built by timm itself (see `timm_models`).
 
 from __future__ import annotations
 
+import inspect
+import typing
+
+import torch
+
+from ..errors import ConfigError
 from ..registry import Registry
+from ..schema import coerce
 from .base import Features, StagedNet, count_parameters
 
 MODELS: Registry = Registry("model")
 
 TIMM_PREFIX = "timm/"
+SHAPE_ARGS = ("num_classes", "in_chans", "img_size")  # create_model passes these to every factory
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int = 32, **kwargs) -> StagedNet:
@@ -20,7 +28,39 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int =
 
         return create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
                                  img_size=img_size, **kwargs)
-    return MODELS.get(name, "model")(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    factory = MODELS.get(name, "model")
+    unknown = [k for k in kwargs if k not in zoo_params(name)]
+    if unknown:
+        raise TypeError(f"{name} takes no argument {unknown[0]!r}; it takes: {', '.join(zoo_params(name)) or 'none'}")
+    return factory(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+
+
+def zoo_params(name: str) -> dict[str, inspect.Parameter]:
+    """A registered model's own arguments (after the shape every factory receives)."""
+    return {k: p for k, p in inspect.signature(MODELS.get(name)).parameters.items()
+            if k not in SHAPE_ARGS and k != "_" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def check_model_args(name: str, args: dict, where: str, shape: tuple[int, int, int]) -> dict:
+    """`args` as model `name` takes them, checked when a study is read rather than when its run starts.
+
+    A zoo model's by name and annotated type (numbers coerced like the rest of a study: YAML reads 5e-4
+    as a string); a timm model's, whose arguments are its own business, by building it on the meta
+    device: no memory, no weights, a fraction of a second.
+    """
+    if not name.startswith(TIMM_PREFIX):
+        params, hints = zoo_params(name), typing.get_type_hints(MODELS.get(name))
+        for key in args:
+            if key not in params:
+                allowed = ", ".join(params) or "none"
+                raise ConfigError(f"{where}.{key}", f"unknown argument of {name}; allowed: {allowed}")
+        return {k: coerce(v, hints.get(k, typing.Any), f"{where}.{k}") for k, v in args.items()}
+    try:
+        with torch.device("meta"):
+            create_model(name, *shape, **{**args, "pretrained": False})
+    except Exception as e:  # noqa: BLE001 - whatever timm raises, it is about these arguments
+        raise ConfigError(where, f"{name} rejects them: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return args
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -50,5 +90,5 @@ def unknown_model_message(name: str) -> str:
 # Importing the zoo modules registers their models.
 from . import cifar_resnet, mobilenetv2, resnet_v2, shufflenet, small_cnn, vgg, wrn  # noqa: E402,F401
 
-__all__ = ["MODELS", "Features", "StagedNet", "count_parameters", "create_model", "list_models", "is_known_model",
-           "unknown_model_message"]
+__all__ = ["MODELS", "Features", "StagedNet", "check_model_args", "count_parameters", "create_model", "list_models",
+           "is_known_model", "unknown_model_message", "zoo_params"]
