@@ -17,6 +17,8 @@ from torch import nn
 
 from .errors import ConfigError
 
+RECOMPILE_LIMIT = 64  # compiled versions of one forward a process keeps (dynamo's default: 8)
+
 
 @dataclass
 class Engine:
@@ -81,9 +83,15 @@ class DeviceEngine:
 
     def compiled(self, model: nn.Module) -> nn.Module:
         """What the loop calls: `model` itself, or its compiled wrapper (which shares its parameters, so
-        checkpoints and evaluation keep using `model`)."""
+        checkpoints and evaluation keep using `model`).
+
+        Every zoo model runs the one `StagedNet.forward`, and dynamo keeps at most `recompile_limit` (8)
+        compiled versions of a function, each architecture, batch shape and grad mode taking one: past it,
+        a process's later models would silently run eager. Hence a limit sized for a study's grid.
+        """
         if not self.compile:
             return model
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         return torch.compile(model, mode=None if self.compile == "default" else self.compile)
 
     def sgd(self, params, recipe: dict) -> torch.optim.SGD:

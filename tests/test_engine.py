@@ -14,6 +14,7 @@ from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError
 from mixkd.losses import LOSSES
 from mixkd.mixing import MIXERS, Mixer, mixup
+from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import parse_study
 from mixkd.train import Lockstep, Member, build_model, mixing_rng, split_params, train_group
@@ -208,6 +209,25 @@ def test_compiled_models_train_to_the_eager_numbers():
         params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
     for eager, compiled in zip(params[False], params["default"]):
         torch.testing.assert_close(eager, compiled, rtol=1e-4, atol=1e-5)
+
+
+def test_compiling_keeps_up_with_a_grid_of_architectures(monkeypatch):
+    """Each zoo architecture is a new version of the one StagedNet.forward: past dynamo's default limit of 8
+    per function, a process's later models would quietly run eager (dynamo's own eager backend here: fast)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: real(model, mode=mode, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    names = ["cnn_tiny", "cnn_small", "cnn_wide", "resnet8", "resnet14", "resnet20", "resnet8x4", "wrn_16_1",
+             "wrn_16_2", "wrn_40_1"]
+    engine = Engine(compile="default").resolve(CPU)
+    for name in names:
+        engine.compiled(create_model(name, num_classes=4))(torch.randn(2, 3, 32, 32))
+    assert counters["frames"]["ok"] == len(names)  # one compiled frame per architecture, none left eager
+    torch._dynamo.reset()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
