@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from .errors import MixkdError
 from .registry import Registry
 from .runner import Job, RunContext, execute_group
-from .study import RunSpec
+from .study import Resources, RunSpec
 
 Group = list[RunSpec]
 Executor = Callable[[list[Group], RunContext, "ExecutorOptions"], Iterator[dict]]
@@ -117,9 +117,19 @@ def _init_ray(ray, address: str | None) -> None:
                          f"or leave out --address to start a local one") from None
 
 
+def gpus_per_task(resources: Resources, device: str, cluster_gpus: float) -> float:
+    """What a group task asks: the study's `gpus_per_run`, or when unset a whole GPU wherever the cluster has
+    some and the runs may use them. Asking for none would not keep a task off the GPUs (Ray leaves
+    CUDA_VISIBLE_DEVICES alone then): every task would train on cuda:0, as many at once as there are CPUs."""
+    if resources.gpus_per_run is not None:
+        return resources.gpus_per_run
+    return 1.0 if device != "cpu" and cluster_gpus > 0 else 0.0
+
+
 def _submit(ray, todo: list[Group], job: Job) -> list:
     resources = job.study.file.resources
-    task = ray.remote(num_cpus=resources.cpus_per_run, num_gpus=resources.gpus_per_run)(_ray_task)
+    gpus = gpus_per_task(resources, job.device, ray.cluster_resources().get("GPU", 0))
+    task = ray.remote(num_cpus=resources.cpus_per_run, num_gpus=gpus)(_ray_task)
     job_ref = ray.put(job)  # the study once in the object store, not once per task
     refs, by_run = [], {}
     for group in todo:  # teachers come first, so a student group's teacher task already exists

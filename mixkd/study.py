@@ -83,7 +83,9 @@ class Resources:
     """What each Ray task, one lockstep group of runs (see `engine.lockstep`), asks of a Ray cluster. How
     runs are scheduled, not what they compute: kept out of run configs, so changing it changes no run id."""
 
-    gpus_per_run: float = 0.0  # fractions share a GPU, e.g. 0.25: four small runs per GPU
+    # fractions share a GPU, e.g. 0.25: four small runs per GPU; unset: 1 where the cluster has GPUs (and the
+    # runs may use them: --device auto or cuda), else 0
+    gpus_per_run: float | None = None
     cpus_per_run: float = 1.0
 
 
@@ -171,7 +173,8 @@ def _normalise_students(raw: Any) -> Any:
 
 def parse_study(raw: Any, source: str = "<study>") -> Study:
     f: StudyFile = from_dict(StudyFile, _normalise_students(raw), "")
-    _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
+    if f.resources.gpus_per_run is not None:
+        _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
     _positive(f.resources.cpus_per_run, "resources.cpus_per_run")
     dataset = resolve_component(DATASETS, f.dataset, "dataset", skip=1)
     identity = {k: v for k, v in dataset.items() if k not in RUNTIME_PARAMS}  # what the data is, not how it's fetched

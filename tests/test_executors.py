@@ -5,7 +5,8 @@ import pytest
 
 from mixkd.cli import main
 from mixkd.compare import first_difference
-from mixkd.study import load_study
+from mixkd.executors import gpus_per_task
+from mixkd.study import Resources, load_study
 from tiny import run, tiny_study, write
 
 STUDY = tiny_study("executors", grid={"mix": ["none", "mixup"], "temperature": [4], "mixed_view": ["student"],
@@ -71,6 +72,13 @@ def test_resources_are_validated_and_change_no_run_id(tmp_path):
         load_study(write(tmp_path, {**STUDY, "resources": {"gpus": 1}}))
     with pytest.raises(Exception, match=r"resources\.cpus_per_run: must be > 0"):
         load_study(write(tmp_path, {**STUDY, "resources": {"cpus_per_run": 0}}))
+
+
+@pytest.mark.parametrize("gpus_per_run, device, cluster_gpus, asked", [
+    (None, "auto", 8, 1.0), (None, "cuda", 8, 1.0), (None, "cpu", 8, 0.0), (None, "auto", 0, 0.0),
+    (0.25, "auto", 8, 0.25), (0.0, "auto", 8, 0.0)])
+def test_ray_tasks_ask_for_a_gpu_where_the_cluster_has_them_unless_told(gpus_per_run, device, cluster_gpus, asked):
+    assert gpus_per_task(Resources(gpus_per_run=gpus_per_run), device, cluster_gpus) == asked
 
 
 def test_compare_names_the_first_difference(sequential, tmp_path, capsys):
