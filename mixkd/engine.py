@@ -40,7 +40,9 @@ class Engine:
 
     def resolve(self, device: torch.device) -> "DeviceEngine":
         cuda = device.type == "cuda"
-        auto = {"precision": "bf16" if cuda else "fp32", "channels_last": cuda,
+        # bf16 where the GPU has bf16 tensor cores (Ampere on); older GPUs emulate it, slower than fp32
+        emulated = torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False)
+        auto = {"precision": "bf16" if cuda and not emulated else "fp32", "channels_last": cuda,
                 "optimizer": "fused" if cuda else "loop"}
         pick = {k: auto[k] if getattr(self, k) == "auto" else getattr(self, k) for k in auto}
         return DeviceEngine(device, pick["precision"], pick["channels_last"], pick["optimizer"], self.compile,
@@ -63,6 +65,11 @@ class DeviceEngine:
         """Set this process's torch thread count for the runs about to train (CPU only)."""
         if self.device.type == "cpu":
             torch.set_num_threads(self.cpu_threads)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (once an epoch: timings must include it)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def autocast(self):
         if self.precision == "bf16":
@@ -94,10 +101,13 @@ class DeviceEngine:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         return torch.compile(model, mode=None if self.compile == "default" else self.compile)
 
+    def sgd_kernel(self) -> dict:
+        return {"fused": {"fused": True, "foreach": None}, "foreach": {"fused": None, "foreach": True},
+                "loop": {"fused": None, "foreach": False}}[self.optimizer]
+
     def sgd(self, params, recipe: dict) -> torch.optim.SGD:
-        kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[self.optimizer]
         return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
-                               weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"], **kernel)
+                               weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"], **self.sgd_kernel())
 
     def record(self) -> dict:
         """The settings as summary fields: scalars, so they become runs.csv columns."""

@@ -42,9 +42,11 @@ class MixResult:
                 + (1 - lam) * smooth_one_hot(self.y_b, num_classes, smoothing))
 
     def interpolate(self, values: Tensor) -> Tensor:
-        """λ·v + (1-λ)·v[index] per sample, e.g. teacher probabilities of the clean batch."""
-        lam = self.lam.view(-1, *([1] * (values.dim() - 1))).to(values.dtype)
-        return lam * values + (1 - lam) * values[self.index]
+        """λ·v + (1-λ)·v[index] per sample, e.g. teacher probabilities of the clean batch. Blended in fp32
+        whatever `values`' precision (bf16 hidden states: a λ rounded to bf16 would not be the labels' λ)."""
+        dtype = torch.promote_types(values.dtype, torch.float32)
+        lam = self.lam.view(-1, *([1] * (values.dim() - 1))).to(dtype)
+        return (lam * values.to(dtype) + (1 - lam) * values[self.index].to(dtype)).to(values.dtype)
 
     def mix_hidden(self, h: Tensor) -> Tensor:
         """What manifold mixup applies to the hidden state in front of `stage` (StagedNet's mix_fn)."""

@@ -24,9 +24,9 @@ from .engine import lockstep_groups
 from .errors import MixkdError
 from .models.checkpoint import load_teacher_checkpoint
 from .provenance import environment, now
-from .rundir import NoSpaceLeft, RunDir, check_writable
+from .rundir import RunDir, check_writable
 from .study import RunSpec, Study
-from .train import build_model, import_teacher, train_group
+from .train import STOPS_THE_STUDY, build_model, import_teacher, train_group
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,8 +190,8 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
             members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
                                   describe(lead), ctx.job.checkpoint_every)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
-    except NoSpaceLeft:
-        raise  # every later run would fail alike: stop the study, keep the checkpoints to resume from
+    except STOPS_THE_STUDY:
+        raise
     except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
         outcomes = [e] * len(runs)
     summaries = []
@@ -203,7 +203,7 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
             try:
                 rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
                 result = {"status": "complete", **result}
-            except NoSpaceLeft:
+            except STOPS_THE_STUDY:
                 raise
             except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
                 result = failure(e)

@@ -10,6 +10,7 @@ equal to training each alone.
 from __future__ import annotations
 
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,17 +21,24 @@ from tqdm.auto import tqdm
 
 from .distill import Distiller, TeacherForward
 from .engine import DeviceEngine
+from .errors import MixkdError
 from .losses import CE, create_loss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .models import create_model
 from .models.checkpoint import load_teacher_checkpoint
-from .rundir import NoSpaceLeft, RunDir
+from .rundir import CHECKPOINT, NoSpaceLeft, RunDir
 from .schedules import lr_factor
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+# Errors that are no run's own, so they stop the study (its checkpoints stay, to resume from): a full disk,
+# which every later run would hit, and a failed CUDA kernel (a device-side assert, an illegal access), which
+# poisons the process's CUDA context and is reported at some later call, perhaps another run's.
+STOPS_THE_STUDY = (NoSpaceLeft, *(e for e in (getattr(torch, "AcceleratorError", None),) if e is not None))
 
 
 def build_model(config: dict, data) -> nn.Module:
@@ -54,14 +62,15 @@ def shared_rng_states(loader, rng: np.random.Generator) -> dict:
 
 
 def torch_rng_state(device: torch.device) -> dict:
+    """The global streams a run draws from on `device` (its GPU's alone: a resumed run may see fewer)."""
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
 
 
-def set_torch_rng_state(state: dict) -> None:
+def set_torch_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 @dataclass
@@ -116,26 +125,44 @@ class Member:
         if state is None:
             self.rundir.truncate_epochs(0)
             return
+        written_on, device = state.get("device", "cpu"), self.engine.device.type
+        if written_on != device:
+            raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the data "
+                             f"order and augmentation streams it continues live there: resume it with --device "
+                             f"{written_on} (and --retry-failed), or delete {self.rundir.path / CHECKPOINT} to "
+                             f"train it afresh on {device}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_optimizer(state["optimizer"])
         self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
         self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
         self.rundir.truncate_epochs(state["epoch"])
         self.progress = Progress.from_checkpoint(state)
         self.resumed_from = self.progress.epoch
 
+    def load_optimizer(self, state: dict) -> None:
+        """The checkpoint's optimizer state on this engine's kernel: `load_state_dict` would also restore the
+        saved fused/foreach flags, and momentum in the saved memory layout, which CUDA's fused SGD refuses
+        for channels_last weights."""
+        self.optimizer.load_state_dict(state)
+        for group in self.optimizer.param_groups:
+            group.update(self.engine.sgd_kernel())
+        for p, s in self.optimizer.state.items():
+            if s.get("momentum_buffer") is not None and s["momentum_buffer"].stride() != p.stride():
+                s["momentum_buffer"] = torch.empty_like(p).copy_(s["momentum_buffer"])
+
     def guarded(self, fn, *args) -> None:
         """Call one of this run's steps; an error ends this run as failed, not its group."""
         try:
             fn(*args)
-        except NoSpaceLeft:
-            raise  # every run would fail alike: stop the study, keep the checkpoints to resume from
+        except STOPS_THE_STUDY:
+            raise
         except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
+            traceback.clear_frames(e.__traceback__)  # the failed step's tensors: memory the group still needs
             self.error = e
 
     @contextmanager
     def own_rng(self):
-        set_torch_rng_state(self.rng)
+        set_torch_rng_state(self.rng, self.engine.device)
         yield
         self.rng = torch_rng_state(self.engine.device)
 
@@ -162,8 +189,7 @@ class Member:
         self.epoch_sums = {}
         if not np.isfinite(train["train_loss"]):
             raise NonFiniteLoss(f"training loss became {train['train_loss']} in epoch {epoch}")
-        with self.engine.autocast():
-            logits, labels = predict(self.model, eval_loader)
+        logits, labels = predict(self.model, eval_loader)  # fp32, as the analyses evaluate: one set of metrics
         p = self.progress
         p.epoch, p.scores = epoch, compute_metrics(logits, labels)
         if p.scores["top1"] > p.best[0]:
@@ -174,7 +200,8 @@ class Member:
         if epoch % checkpoint_every == 0 or epoch == self.recipe["epochs"]:
             self.rundir.save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                          "epoch": p.epoch, "step": p.step, "best": list(p.best), "scores": p.scores,
-                                         "seconds": p.seconds, "rng": {**self.rng, **shared_rng}})
+                                         "seconds": p.seconds, "rng": {**self.rng, **shared_rng},
+                                         "device": self.engine.device.type})
 
     def result(self, data, group_size: int) -> dict:
         p, epochs = self.progress, self.recipe["epochs"]
@@ -243,6 +270,7 @@ def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, de
         for x, y in loader:
             group.step(x, y, epoch, len(loader))
             bar.update(len(y))
+        engine.synchronize()  # the epoch's queued GPU work belongs to its time, not to its evaluation's
         seconds = time.perf_counter() - clock
         shared = shared_rng_states(loader, rng)
         for m in group.live:

@@ -1,6 +1,11 @@
 """The engine: runs trained in lockstep equal runs trained one by one, and with its features off the
 engine equals a plain hand-written KD loop, step by step (CPU)."""
 
+import gc
+import traceback
+import weakref
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 import torch
@@ -11,8 +16,9 @@ from mixkd.compare import comparable_tables
 from mixkd.data import create_dataset
 from mixkd.distill import VIEWS
 from mixkd.engine import Engine, lockstep_groups
-from mixkd.errors import ConfigError
+from mixkd.errors import ConfigError, MixkdError
 from mixkd.losses import LOSSES
+from mixkd.metrics import compute_metrics, predict
 from mixkd.mixing import MIXERS, Mixer, mixup
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
@@ -185,6 +191,81 @@ def test_runs_resumed_at_different_epochs_catch_up_in_cohorts(tmp_path, monkeypa
     for e, (_, e_alone) in zip(epochs, alone):
         strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
         assert strip(e) == strip(e_alone[0])
+
+
+def checkpointed_member(tmp_path, engine):
+    """A student trained one epoch to its final checkpoint under `engine`, and its run directory."""
+    study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}}, "recipe": {**STUDY["recipe"], "epochs": 1},
+             "grid": {**STUDY["grid"], "mixed_view": ["student"], "temperature": [4]}}
+    teacher_spec, spec = specs(study)
+    data = create_dataset("synthetic", train_size=64, test_size=32)
+    rundir = RunDir(tmp_path, spec.run_id)
+    rundir.start(spec.config, spec.labels, spec.run_id)
+    teacher = build_model(teacher_spec.config, data).eval()
+    [member] = train_group([spec.config], [rundir], data, engine, teacher)
+    assert member.error is None
+    return spec, data, teacher, rundir
+
+
+def test_a_resumed_run_steps_with_the_engines_optimizer_kernel_and_layout(tmp_path):
+    """load_state_dict would bring back the checkpoint's kernel flags and momentum layout: CUDA's fused SGD
+    refuses NCHW momentum for channels_last weights."""
+    spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine(optimizer="loop").resolve(CPU))
+    saved = rundir.load_checkpoint()["optimizer"]["state"]
+    engine = Engine(optimizer="foreach", channels_last=True).resolve(CPU)
+    member = Member(spec.config, data, engine, teacher, rundir)
+    member.resume()
+    assert all(g["foreach"] is True and g["fused"] is None for g in member.optimizer.param_groups)
+    params = list(member.model.parameters())
+    convs = [p for p in params if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for i, p in enumerate(params):
+        buf = member.optimizer.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride()
+        torch.testing.assert_close(buf, saved[i]["momentum_buffer"], rtol=0, atol=0)
+
+
+def test_a_run_checkpointed_on_another_device_fails_saying_how_to_resume(tmp_path):
+    spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine().resolve(CPU))
+    rundir.save_checkpoint({**rundir.load_checkpoint(), "device": "cuda"})
+    member = Member(spec.config, data, Engine().resolve(CPU), teacher, rundir)
+    member.guarded(member.resume)
+    assert isinstance(member.error, MixkdError)
+    assert "written on cuda" in str(member.error) and "--device cuda" in str(member.error)
+
+
+def test_epochs_are_evaluated_in_fp32_whatever_the_training_precision(tmp_path):
+    """bf16 trains; the logged test metrics are the fp32 model's, as the analyses compute them."""
+    spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine(precision="bf16").resolve(CPU))
+    model = rundir.load_model(build_model(spec.config, data))
+    scores = compute_metrics(*predict(model, data.eval_loader(64, CPU)))
+    assert rundir.read_epochs()[-1]["test_loss"] == scores["nll"]
+
+
+def test_a_failed_step_is_recorded_without_holding_its_tensors():
+    """The error keeps its traceback for the runs table, but not the failed step's activations: after an
+    out-of-memory error the rest of the group needs that memory."""
+    held = []
+
+    def failing_step():
+        activations = torch.ones(1000)
+        held.append(weakref.ref(activations))
+        raise ValueError("boom")
+
+    run = SimpleNamespace(error=None)
+    Member.guarded(run, failing_step)
+    gc.collect()
+    assert held[0]() is None
+    assert "failing_step" in "".join(traceback.format_exception(run.error)) and str(run.error) == "boom"
+
+
+@pytest.mark.skipif(not hasattr(torch, "AcceleratorError"), reason="torch without AcceleratorError")
+def test_a_device_error_stops_the_group_rather_than_failing_one_run():
+    def kernel_assert():
+        raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+
+    with pytest.raises(torch.AcceleratorError):
+        Member.guarded(SimpleNamespace(error=None), kernel_assert)
 
 
 def test_compiled_models_train_to_the_eager_numbers():

@@ -248,6 +248,16 @@ def test_interpolate_formula():
     assert torch.allclose(out.sum(dim=1), torch.ones(5))
 
 
+def test_bf16_hidden_states_blend_with_the_labels_lambda():
+    """Under bf16 autocast manifold mixup blends bf16 hidden states: λ = 0.3 must not become bf16's 0.30078."""
+    h = torch.randn(2, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
+    res = MixResult(h, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.tensor([0.3, 0.7]),
+                    torch.tensor([1, 0]))
+    lam = res.lam[:, None]
+    expected = (lam * h.float() + (1 - lam) * h[[1, 0]].float()).bfloat16()
+    assert torch.equal(res.interpolate(h), expected)
+
+
 # --- identities and determinism -----------------------------------------------------------------
 
 @pytest.mark.parametrize("name,params", [("mixup", {"alpha": 0.0}), ("mixup", {"alpha": 0.0, "per_sample": True}),
