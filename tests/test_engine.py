@@ -297,7 +297,6 @@ def test_compiling_keeps_up_with_a_grid_of_architectures(monkeypatch):
     per function, a process's later models would quietly run eager (dynamo's own eager backend here: fast)."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: real(model, mode=mode, backend="eager"))
     torch._dynamo.reset()
@@ -305,8 +304,9 @@ def test_compiling_keeps_up_with_a_grid_of_architectures(monkeypatch):
     names = ["cnn_tiny", "cnn_small", "cnn_wide", "resnet8", "resnet14", "resnet20", "resnet8x4", "wrn_16_1",
              "wrn_16_2", "wrn_40_1"]
     engine = Engine(compile="default").resolve(CPU)
-    for name in names:
-        engine.compiled(create_model(name, num_classes=4))(torch.randn(2, 3, 32, 32))
+    with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default, whatever ran before; restored after
+        for name in names:
+            engine.compiled(create_model(name, num_classes=4))(torch.randn(2, 3, 32, 32))
     assert counters["frames"]["ok"] == len(names)  # one compiled frame per architecture, none left eager
     torch._dynamo.reset()
 
