@@ -7,6 +7,7 @@ per-run locks, resuming from checkpoints and recording failures behave the same 
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
     ready = []
     for group in todo:
         (waiting[teacher_of(group)] if teacher_of(group) in ids else ready).append(group)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))  # threads: the study's engine.cpu_threads
+    spawn = get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=take_a_gpu,  # threads: engine.cpu_threads
+                               initargs=(spawn.Value("i", 0), visible_gpus()))
     try:
         running = {pool.submit(run_in_worker, job, group): group for group in ready}
         while running:
@@ -76,6 +79,24 @@ def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
                     running.update({pool.submit(run_in_worker, job, g): g for g in waiting.pop(spec.run_id, [])})
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (counting them starts no CUDA context)."""
+    import torch
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip()][:torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def take_a_gpu(counter, gpus: list[str]) -> None:
+    """Worker start-up: the next GPU in turn becomes this worker's cuda:0, so N workers spread over the GPUs."""
+    with counter.get_lock():
+        index, counter.value = counter.value, counter.value + 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
 @EXECUTORS.register("ray")

@@ -1,11 +1,14 @@
 """Executors: worker processes and Ray train the same runs to the same numbers as one process, teachers first."""
 
+import os
+from multiprocessing import get_context
+
 import pandas as pd
 import pytest
 
 from mixkd.cli import main
 from mixkd.compare import first_difference
-from mixkd.executors import gpus_per_task
+from mixkd.executors import gpus_per_task, take_a_gpu
 from mixkd.study import Resources, load_study
 from tiny import run, tiny_study, write
 
@@ -79,6 +82,19 @@ def test_resources_are_validated_and_change_no_run_id(tmp_path):
     (0.25, "auto", 8, 0.25), (0.0, "auto", 8, 0.0)])
 def test_ray_tasks_ask_for_a_gpu_where_the_cluster_has_them_unless_told(gpus_per_run, device, cluster_gpus, asked):
     assert gpus_per_task(Resources(gpus_per_run=gpus_per_run), device, cluster_gpus) == asked
+
+
+def test_local_workers_take_the_visible_gpus_in_turn(monkeypatch):
+    counter = get_context("spawn").Value("i", 0)
+    taken = []
+    for _ in range(5):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        take_a_gpu(counter, ["2", "5"])  # as CUDA_VISIBLE_DEVICES=2,5 named them
+        taken.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert taken == ["2", "5", "2", "5", "2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    take_a_gpu(counter, [])  # no GPU: nothing to choose, nothing set
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 def test_compare_names_the_first_difference(sequential, tmp_path, capsys):
