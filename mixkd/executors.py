@@ -66,7 +66,7 @@ def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
     for group in todo:
         (waiting[teacher_of(group)] if teacher_of(group) in ids else ready).append(group)
     spawn = get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=take_a_gpu,  # threads: engine.cpu_threads
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=take_a_gpu,
                                initargs=(spawn.Value("i", 0), visible_gpus()))
     try:
         running = {pool.submit(run_in_worker, job, group): group for group in ready}
