@@ -15,19 +15,22 @@ import torch
 from .provenance import environment
 
 TIMING = {"started_at", "finished_at", "wall_seconds", "train_seconds", "images_per_s", "seconds"}
+# how a run was executed, not what it computed: resumed or not, trained alone or in lockstep, the engine_* settings
+EXECUTION = {"resumed_from_epoch", "lockstep_size"}
 KEYS = {"runs": ["run_id"], "epochs": ["run_id", "epoch"], "metrics": None}
 
 
 def comparable_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """runs, epochs and metrics of an output folder without provenance and timings, in a canonical order."""
-    folder, varying = Path(folder), TIMING | set(environment(torch.device("cpu")))
+    """runs, epochs and metrics of an output folder without provenance, timings and how the runs were executed,
+    in a canonical order."""
+    folder, varying = Path(folder), TIMING | EXECUTION | set(environment(torch.device("cpu")))
     tables = {}
     for name, keys in KEYS.items():
         path = folder / f"{name}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such table (run `mixkd run` or `mixkd report` first)")
         df = pd.read_parquet(path)
-        df = df.drop(columns=[c for c in df.columns if c in varying])
+        df = df.drop(columns=[c for c in df.columns if c in varying or c.startswith("engine_")])
         tables[name] = df.sort_values(keys or list(df.columns), ignore_index=True)
     return tables
 

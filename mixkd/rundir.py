@@ -139,10 +139,17 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_epochs(self) -> list[dict]:
+        """The logged epochs; a last line cut short (a kill or a full disk mid-append) is dropped: its epoch
+        is after the last checkpoint, so it will be trained and logged again."""
         try:
-            return [json.loads(line) for line in (self.path / EPOCHS).read_text().splitlines() if line]
+            lines = [line for line in (self.path / EPOCHS).read_text().splitlines() if line]
         except FileNotFoundError:
             return []
+        try:
+            json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            lines = lines[:-1]
+        return [json.loads(line) for line in lines]
 
     def truncate_epochs(self, epoch: int) -> None:
         """Keep the log of epochs 1..`epoch` only: those after the checkpoint will be trained again."""

@@ -7,8 +7,10 @@ so equal configs resolve to equal values and hence equal run ids.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -61,6 +63,8 @@ def coerce(value: Any, tp, path: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
         if tp is int:
             if not number.is_integer():
                 raise ConfigError(path, f"expected an integer, got {value!r}")
@@ -116,12 +120,13 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
     if name not in registry:
         raise ConfigError(f"{path}.name", registry.unknown_message(name))
     params = signature_defaults(registry.get(name), skip)
+    hints = _type_hints(registry.get(name))
     resolved: dict[str, Any] = {"name": name}
     for key, default in (extra or {}).items():
         resolved[key] = coerce(spec.get(key, default), type(default), f"{path}.{key}")
     for key, p in params.items():
         if key in spec:
-            resolved[key] = _coerce_like(spec[key], p, f"{path}.{key}")
+            resolved[key] = _coerce_like(spec[key], p, hints.get(key), f"{path}.{key}")
         elif p.default is inspect.Parameter.empty:
             raise ConfigError(f"{path}.{key}", f"is required by {registry.kind} {name!r}")
         else:
@@ -138,13 +143,24 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _coerce_like(value, param: inspect.Parameter, path: str):
-    """Coerce by annotation when it is a plain scalar type, else by the default's type."""
-    ann = param.annotation
-    if isinstance(ann, str):
-        ann = {"float": float, "int": int, "bool": bool, "str": str}.get(ann)
-    if ann in (float, int, bool, str):
-        return coerce(value, ann, path)
+def _type_hints(fn) -> dict:
+    """A registered function's (or class constructor's) annotations as types, not strings."""
+    try:
+        return typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    except (NameError, TypeError):
+        return {}
+
+
+def _coerce_like(value, param: inspect.Parameter, hint, path: str):
+    """Coerce by the annotation (sequences read as lists, like YAML's) where `coerce` knows it, else by the
+    default's type."""
+    if typing.get_origin(hint) in (collections.abc.Sequence, tuple) and typing.get_args(hint):
+        hint = list[typing.get_args(hint)[0]]
+    if hint is not None and hint is not Any:
+        try:
+            return _plain(coerce(value, hint, path))
+        except TypeError:  # a type `coerce` does not read: fall back on the default's
+            pass
     default = param.default
     if isinstance(default, (bool, int, float, str)) and default is not None:
         return coerce(value, type(default), path)

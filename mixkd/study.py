@@ -164,6 +164,9 @@ def load_study(path: str | Path) -> Study:
 def _normalise_students(raw: Any) -> Any:
     """`students: [resnet20, ...]` is shorthand for `{resnet20: {model: resnet20}, ...}`."""
     if isinstance(raw, dict) and isinstance(raw.get("students"), list):
+        for i, s in enumerate(raw["students"]):
+            if not isinstance(s, (str, dict)):
+                raise ConfigError(f"students[{i}]", f"expected a model name or a mapping, got {s!r}")
         raw = dict(raw)
         raw["students"] = {s if isinstance(s, str) else s.get("name", s.get("model")):
                            {"model": s} if isinstance(s, str) else {k: v for k, v in s.items() if k != "name"}

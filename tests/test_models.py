@@ -94,6 +94,9 @@ def test_forward_features_and_mixing(name):
     for i in range(model.num_stages + 1):  # == num_stages mixes the last stage's output
         assert torch.equal(model(X, mix_at=i, mix_fn=lambda h: h), logits)
         assert not torch.allclose(model(X, mix_at=i, mix_fn=torch.zeros_like), logits)
+    for stage in (-1, model.num_stages + 1):  # a stage it lacks: never silently the clean forward
+        with pytest.raises(ValueError, match=f"mixes at stages 0..{model.num_stages}"):
+            model(X, mix_at=stage, mix_fn=torch.zeros_like)
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -106,6 +106,18 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_identical_resu
         pd.testing.assert_frame_equal(got, want)
 
 
+def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path):
+    rundir = RunDir(tmp_path, "run")
+    rundir.start({"model": "cnn_tiny"}, {}, "run")
+    rundir.log_epoch({"epoch": 1, "train_loss": 0.5})
+    with open(rundir.path / "epochs.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # the append a kill or a full disk interrupted
+    assert rundir.read_epochs() == [{"epoch": 1, "train_loss": 0.5}]
+    rundir.truncate_epochs(1)  # what resuming from the epoch-1 checkpoint does
+    rundir.log_epoch({"epoch": 2, "train_loss": 0.4})
+    assert [r["epoch"] for r in rundir.read_epochs()] == [1, 2]
+
+
 def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out, "--checkpoint-every", "5") == 0  # the last epoch is always checkpointed

@@ -446,6 +446,12 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(pairs=[{"teacher": "t1", "student": "s9"}]), "pairs[0].student", ["defined: s1, s2"]),
     (lambda r: r["recipe"].update(lr="fast"), "recipe.lr", ["expected float, got 'fast'"]),
     (lambda r: r["recipe"].update(epochs=2.5), "recipe.epochs", ["expected an integer"]),
+    (lambda r: r["recipe"].update(lr=float("nan")), "recipe.lr", ["expected a finite number, got nan"]),
+    (lambda r: r.update(students=["cnn_tiny", 3]), "students[1]", ["expected a model name or a mapping, got 3"]),
+    (lambda r: r["grid"].update(mix=[{"name": "manifold_mixup", "stages": "ab"}]), "grid.mix[0].stages[0]",
+     ["expected int, got 'ab'"]),
+    (lambda r: r["recipe"].update(schedule={"name": "multistep", "milestones": ["abc"]}),
+     "recipe.schedule.milestones[0]", ["expected int, got 'abc'"]),
     (lambda r: r["recipe"].update(nesterov="yes"), "recipe.nesterov", ["expected true or false"]),
     (lambda r: r["recipe"].update(schedule="cosin"), "recipe.schedule.name", ["did you mean cosine"]),
     (lambda r: r.pop("teachers"), "teachers", ["is required"]),
@@ -457,7 +463,8 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(exclude=["mixup"]), "exclude[0]", ["expected a mapping"]),
 ]
 BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
-           "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs", "bool",
+           "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs",
+           "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "bool",
            "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
 
 

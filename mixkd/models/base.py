@@ -44,6 +44,9 @@ class StagedNet(nn.Module):
     def forward(self, x: Tensor, return_features: bool = False, mix_at: int | None = None,
                 mix_fn: Callable[[Tensor], Tensor] | None = None):
         """`mix_fn` is applied to the input of stage `mix_at` (== num_stages: to the last output)."""
+        if mix_at is not None and not 0 <= mix_at <= self.num_stages:
+            raise ValueError(f"manifold mixup at stage {mix_at}: {type(self).__name__} mixes at stages "
+                             f"0..{self.num_stages} (the input of each stage, or the last output)")
         h = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages()):
