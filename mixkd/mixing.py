@@ -141,6 +141,8 @@ def pmu(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0, mixe
     Its nominal "10% mixed" (partmixup 0.9) thus mixes B·(1-1/B)^int(0.9B) samples on average:
     40.7% of a batch of 64; partmixup 1.0 still mixes ~37%. Every λ is drawn first, as there.
     """
+    if not 0 <= mixed_fraction <= 1:
+        raise ValueError(f"mixed_fraction must be in [0, 1], got {mixed_fraction!r}")
     n = len(y)
     index, lam = rng.permutation(n), draw_lam(rng, alpha, n, per_sample=True)
     if reference_sampling:
@@ -236,6 +238,8 @@ def resizemix(x: Tensor, y: Tensor, rng: np.random.Generator, scale: Sequence[fl
     border); nearest interpolation; one τ and box per batch unless `per_sample`.
     (mmpretrain instead maps a Beta draw into [lam_min, lam_max] and uses bilinear resizing.)
     """
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must be [low, high] with 0 < low ≤ high ≤ 1, got {list(scale)!r}")
     n, h, w = len(y), x.shape[-2], x.shape[-1]
     index = rng.permutation(n)
     tau = rng.uniform(scale[0], scale[1], size=n if per_sample else 1)

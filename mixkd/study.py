@@ -244,7 +244,21 @@ def _mix(spec: Any, path: str) -> dict:
     mix = resolve_component(mixing.MIXERS, spec, path, skip=3, extra={"prob": 1.0})
     if not 0 <= mix["prob"] <= 1:
         raise ConfigError(f"{path}.prob", f"must be in [0, 1], got {mix['prob']!r}")
+    _try_mixer(mix, path)
     return mix
+
+
+def _try_mixer(mix: dict, path: str) -> None:
+    """Mix a dummy batch once, so parameters the mixer cannot use fail when the study is read, not hours
+    into a run (their ranges are the mixer's own business, as a model's arguments are the model's)."""
+    import numpy as np
+    import torch
+
+    name, params = mix["name"], {k: v for k, v in mix.items() if k not in ("name", "prob")}
+    try:
+        mixing.MIXERS.get(name)(torch.zeros(8, 3, 8, 8), torch.arange(8), np.random.default_rng(0), **params)
+    except Exception as e:  # noqa: BLE001 - whatever the mixer raises, it is about these parameters
+        raise ConfigError(path, f"mixer {name!r} rejects its parameters: {type(e).__name__}: {e}") from None
 
 
 def _loss(spec: Any, path: str) -> dict:

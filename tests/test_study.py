@@ -452,6 +452,12 @@ BAD = [  # (how to break the study, the field path, what the message must also s
      ["expected int, got 'ab'"]),
     (lambda r: r["recipe"].update(schedule={"name": "multistep", "milestones": ["abc"]}),
      "recipe.schedule.milestones[0]", ["expected int, got 'abc'"]),
+    (lambda r: r["grid"].update(mix=[{"name": "pmu", "mixed_fraction": 2}]), "grid.mix[0]",
+     ["mixer 'pmu' rejects its parameters", "mixed_fraction must be in [0, 1]"]),
+    (lambda r: r["grid"].update(mix=[{"name": "resizemix", "interpolation": "foo"}]), "grid.mix[0]",
+     ["mixer 'resizemix' rejects its parameters"]),
+    (lambda r: r["teachers"]["t2"].update(mix={"name": "resizemix", "scale": [0.5]}), "teachers.t2.mix",
+     ["scale must be [low, high]"]),
     (lambda r: r["recipe"].update(nesterov="yes"), "recipe.nesterov", ["expected true or false"]),
     (lambda r: r["recipe"].update(schedule="cosin"), "recipe.schedule.name", ["did you mean cosine"]),
     (lambda r: r.pop("teachers"), "teachers", ["is required"]),
@@ -464,7 +470,8 @@ BAD = [  # (how to break the study, the field path, what the message must also s
 ]
 BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
            "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs",
-           "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "bool",
+           "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "pmu-range", "resizemix-mode",
+           "resizemix-scale", "bool",
            "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
 
 
