@@ -190,6 +190,8 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
                 raise ConfigError(f"{where}.{key}.model", unknown_model_message(spec.model))
             spec.model_args = check_model_args(spec.model, spec.model_args, f"{where}.{key}.model_args",
                                                declared_shape(dataset))
+    for key, spec in f.teachers.items():
+        _seeds([spec.seed], f"teachers.{key}.seed")
     pairs = f.pairs if f.pairs is not None else [Pair(t, s) for t in f.teachers for s in f.students]
     for i, p in enumerate(pairs):
         _check_pair(p.teacher, p.student, f, f"pairs[{i}]")
@@ -280,7 +282,15 @@ def _axes(grid: Grid) -> dict[str, list]:
             "temperature": _temperatures(grid.temperature, "grid.temperature"),
             "mixed_view": grid.mixed_view,
             "loss": [_loss(l, f"grid.loss[{i}]") for i, l in enumerate(grid.loss)],
-            "seed": grid.seeds}
+            "seed": _seeds(grid.seeds, "grid.seeds")}
+
+
+def _seeds(values: Any, path: str) -> list[int]:
+    values = coerce(values, list[int], path)
+    for i, seed in enumerate(values):
+        if seed < 0:
+            raise ConfigError(f"{path}[{i}]", f"must be ≥ 0 (NumPy seeds are), got {seed}")
+    return values
 
 
 KEYS = ("mix", "temperature", "mixed_view", "loss", "seed")
@@ -325,7 +335,7 @@ def _pattern(entry: dict, path: str) -> dict[str, list]:
         elif axis == "mixed_view":
             values = coerce(values, list[MixedView], sub)
         elif axis == "seed":
-            values = coerce(values, list[int], sub)
+            values = _seeds(values, sub)
         pattern[axis] = values
     return pattern
 

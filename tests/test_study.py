@@ -433,6 +433,9 @@ BAD = [  # (how to break the study, the field path, what the message must also s
      "students.s2.model_args.drop_rate", ["unknown argument of resnet20", "allowed: none"]),
     (lambda r: r["teachers"].update(t1={"model": "cnn_wide", "model_args": {"drop_rate": "high"}}),
      "teachers.t1.model_args.drop_rate", ["expected float, got 'high'"]),
+    (lambda r: r["teachers"].update(t1={"model": "cnn_wide", "model_args": {"drop_rate": 2}}),
+     "teachers.t1.model_args", ["cnn_wide rejects them", "ValueError", "dropout probability"]),
+    (lambda r: r["grid"].update(seeds=[0, -1]), "grid.seeds[1]", ["must be ≥ 0"]),
     (lambda r: r["grid"].update(mix=["none", "mixpu"]), "grid.mix[1].name",
      ["unknown mixer 'mixpu'", "did you mean", "mixup", "registered:"]),
     (lambda r: r["grid"].update(mix=[{"name": "mixup", "beta": 0.2}]), "grid.mix[0].beta",
@@ -469,6 +472,7 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(exclude=["mixup"]), "exclude[0]", ["expected a mapping"]),
 ]
 BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
+           "model-arg-range", "negative-seed",
            "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs",
            "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "pmu-range", "resizemix-mode",
            "resizemix-scale", "bool",

@@ -44,21 +44,22 @@ def zoo_params(name: str) -> dict[str, inspect.Parameter]:
 def check_model_args(name: str, args: dict, where: str, shape: tuple[int, int, int]) -> dict:
     """`args` as model `name` takes them, checked when a study is read rather than when its run starts.
 
-    A zoo model's by name and annotated type (numbers coerced like the rest of a study: YAML reads 5e-4
-    as a string); a timm model's, whose arguments are its own business, by building it on the meta
-    device: no memory, no weights, a fraction of a second.
+    A zoo model's by name and annotated type first (numbers coerced like the rest of a study: YAML reads
+    5e-4 as a string); then any model's, ranges and timm's own arguments included, by building it on the
+    meta device: no memory, no weights, a fraction of a second.
     """
-    if not name.startswith(TIMM_PREFIX):
+    timm_model = name.startswith(TIMM_PREFIX)
+    if not timm_model:
         params, hints = zoo_params(name), typing.get_type_hints(MODELS.get(name))
         for key in args:
             if key not in params:
                 allowed = ", ".join(params) or "none"
                 raise ConfigError(f"{where}.{key}", f"unknown argument of {name}; allowed: {allowed}")
-        return {k: coerce(v, hints.get(k, typing.Any), f"{where}.{k}") for k, v in args.items()}
+        args = {k: coerce(v, hints.get(k, typing.Any), f"{where}.{k}") for k, v in args.items()}
     try:
         with torch.device("meta"):
-            create_model(name, *shape, **{**args, "pretrained": False})
-    except Exception as e:  # noqa: BLE001 - whatever timm raises, it is about these arguments
+            create_model(name, *shape, **({**args, "pretrained": False} if timm_model else args))
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, it is about these arguments
         raise ConfigError(where, f"{name} rejects them: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     return args
 
