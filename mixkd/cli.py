@@ -99,7 +99,8 @@ def cmd_compare(args) -> int:
     if diff:
         print(f"differ: {diff}")
         return 1
-    print(f"identical: runs, epochs and metrics tables of {args.a} and {args.b} (provenance, timings and execution aside)")
+    print(f"identical: runs, epochs and metrics tables of {args.a} and {args.b} "
+          "(provenance, timings and execution aside)")
     return 0
 
 

@@ -20,6 +20,12 @@ from .errors import ConfigError
 RECOMPILE_LIMIT = 64  # compiled versions of one forward a process keeps (dynamo's default: 8)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work, so a clock read next includes it (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class Engine:
     """What a study asks for; `auto` picks the fast setting on CUDA and plain fp32 eager on the CPU."""
@@ -67,9 +73,7 @@ class DeviceEngine:
             torch.set_num_threads(self.cpu_threads)
 
     def synchronize(self) -> None:
-        """Wait for the device's queued work (once an epoch: timings must include it)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     def autocast(self):
         if self.precision == "bf16":

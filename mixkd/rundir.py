@@ -145,11 +145,14 @@ class RunDir:
             lines = [line for line in (self.path / EPOCHS).read_text().splitlines() if line]
         except FileNotFoundError:
             return []
-        try:
-            json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
-            lines = lines[:-1]
-        return [json.loads(line) for line in lines]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise
+        return records
 
     def truncate_epochs(self, epoch: int) -> None:
         """Keep the log of epochs 1..`epoch` only: those after the checkpoint will be trained again."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import torch
 import yaml
 
 from . import losses, mixing
@@ -253,9 +255,6 @@ def _mix(spec: Any, path: str) -> dict:
 def _try_mixer(mix: dict, path: str) -> None:
     """Mix a dummy batch once, so parameters the mixer cannot use fail when the study is read, not hours
     into a run (their ranges are the mixer's own business, as a model's arguments are the model's)."""
-    import numpy as np
-    import torch
-
     name, params = mix["name"], {k: v for k, v in mix.items() if k not in ("name", "prob")}
     try:
         mixing.MIXERS.get(name)(torch.zeros(8, 3, 8, 8), torch.arange(8), np.random.default_rng(0), **params)

@@ -26,7 +26,7 @@ import torch
 
 from .. import provenance
 from ..data import create_dataset
-from ..engine import Engine
+from ..engine import Engine, synchronize
 from ..mixing import Mixer
 from ..models import create_model
 from ..study import parse_study
@@ -56,20 +56,16 @@ def engine_throughput(teacher: torch.nn.Module, configs: list[dict], data, engin
     loader = data.train_loader(configs[0]["recipe"]["batch_size"], device, seed=0)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     start = time.perf_counter()
     for _ in range(warmup):  # compilation, cuDNN autotuning, allocator warm-up
         group.step(*next(batches), 1, len(loader))
-    sync()
+    synchronize(device)
     clock, images = time.perf_counter(), 0
     for _ in range(steps):
         x, y = next(batches)
         group.step(x, y, 1, len(loader))
         images += len(y)
-    sync()
+    synchronize(device)
     seconds = time.perf_counter() - clock
     errors = [m.error for m in members if m.error is not None]
     if errors:

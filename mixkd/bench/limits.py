@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..engine import synchronize
+
 
 def _count(fn) -> int:
     with FlopCounterMode(display=False) as counter:
@@ -82,17 +84,13 @@ def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype | None = 
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     for _ in range(2):
         torch.mm(a, b, out=out)
-    sync()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b, out=out)
-    sync()
+    synchronize(device)
     seconds = time.perf_counter() - start
     return 2 * size ** 3 * repeats / seconds
 

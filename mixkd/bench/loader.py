@@ -20,24 +20,20 @@ import torch
 
 from ..data import create_dataset
 from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD
+from ..engine import synchronize
 
 
 def _measure(name: str, make: Callable[[], Iterator], device: torch.device, batches: int, batch_size: int) -> dict:
     """Time `make()` plus its first batch as setup, then `batches` more batches, syncing CUDA at each clock."""
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    sync()
+    synchronize(device)
     start = time.perf_counter()
     stream = make()
     next(stream)
-    sync()
+    synchronize(device)
     ready = time.perf_counter()
     for _ in range(batches):
         next(stream)
-    sync()
+    synchronize(device)
     seconds = time.perf_counter() - ready
     stream.close()  # shuts down DataLoader workers before the next pipeline runs
     return {"pipeline": name, "device": str(device), "batch_size": batch_size, "batches": batches,

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD
+from ..engine import synchronize
 
 # `-r 0.1 -a 0.9 -b 0 --kd_T 4`: the KD line of RepDistiller's scripts/run_cifar_distill.sh
 GAMMA, ALPHA, BETA, KD_T = 0.1, 0.9, 0.0, 4.0
@@ -96,10 +97,6 @@ def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str 
     cuda = device.type == "cuda"
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda or benchmark  # train_student.py turns it on with CUDA
     start = time.perf_counter()
@@ -116,7 +113,7 @@ def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str 
         end = time.time()
         for idx in range(warmup + steps):
             if idx == warmup:
-                sync()
+                synchronize(device)
                 clock, images = time.perf_counter(), 0
             x, target, index = next(stream)
             data_time.update(time.time() - end)
@@ -144,7 +141,7 @@ def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str 
             if idx % PRINT_FREQ == 0:  # the progress line reads the meters back; printing is left out
                 _ = [float(m.val) for m in (top1, top5)]
             images += x.size(0)
-        sync()
+        synchronize(device)
         seconds = time.perf_counter() - clock
     finally:
         del stream  # drops the live DataLoader iterator, which shuts its workers down

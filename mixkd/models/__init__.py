@@ -28,10 +28,10 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int =
 
         return create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
                                  img_size=img_size, **kwargs)
-    factory = MODELS.get(name, "model")
-    unknown = [k for k in kwargs if k not in zoo_params(name)]
+    factory, params = MODELS.get(name, "model"), zoo_params(name)
+    unknown = [k for k in kwargs if k not in params]
     if unknown:
-        raise TypeError(f"{name} takes no argument {unknown[0]!r}; it takes: {', '.join(zoo_params(name)) or 'none'}")
+        raise TypeError(f"{name} takes no argument {unknown[0]!r}; it takes: {', '.join(params) or 'none'}")
     return factory(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
