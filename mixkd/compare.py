@@ -10,27 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from .provenance import environment
+from . import columns
 
-TIMING = {"started_at", "finished_at", "wall_seconds", "train_seconds", "images_per_s", "seconds"}
-# how a run was executed, not what it computed: resumed or not, trained alone or in lockstep, the engine_* settings
-EXECUTION = {"resumed_from_epoch", "lockstep_size"}
 KEYS = {"runs": ["run_id"], "epochs": ["run_id", "epoch"], "metrics": None}
+SET_ASIDE = ("timing", "execution", "provenance")  # when, how and where a run was computed, not what
+EPOCH_TIMING = ("seconds",)
 
 
 def comparable_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """runs, epochs and metrics of an output folder without provenance, timings and how the runs were executed,
-    in a canonical order."""
-    folder, varying = Path(folder), TIMING | EXECUTION | set(environment(torch.device("cpu")))
-    tables = {}
+    """runs, epochs and metrics of an output folder without provenance, timings and how the runs were executed
+    (by the runs table's schema), in a canonical order."""
+    folder, tables = Path(folder), {}
     for name, keys in KEYS.items():
         path = folder / f"{name}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such table (run `mixkd run` or `mixkd report` first)")
         df = pd.read_parquet(path)
-        df = df.drop(columns=[c for c in df.columns if c in varying or c.startswith("engine_")])
+        aside = columns.of_kind(df, *SET_ASIDE) if name == "runs" else EPOCH_TIMING if name == "epochs" else ()
+        df = df.drop(columns=[c for c in aside if c in df.columns])
         tables[name] = df.sort_values(keys or list(df.columns), ignore_index=True)
     return tables
 

@@ -1,7 +1,8 @@
-"""Tidy tables from run directories: runs (one row per run) and epochs (one row per run × epoch).
+"""Tidy tables from run directories: runs (one row per run), epochs (run × epoch), metrics (run × observation).
 
 Rebuilt from the run directories every time, so they can never disagree with what was trained, and
-written deterministically so an unchanged study gives byte-identical files.
+written deterministically so an unchanged study gives byte-identical files. Every column of the runs table
+has a declared kind (`mixkd.columns`); a run's `variant_id` is its config without the seed.
 """
 
 from __future__ import annotations
@@ -9,17 +10,23 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from . import columns
+from .errors import MixkdError
 from .rundir import RunDir, atomic_write
-from .study import RunSpec, Study
+from .study import RunSpec, Study, run_id
 
-RUN_COLUMNS = ["run_id", "study", "role", "name", "model", "teacher", "student", "dataset", "mix", "mix_alpha",
-               "temperature", "mixed_view", "loss", "seed", "epochs", "status", "top1_last", "top1_best",
-               "train_seconds"]
+RUN_COLUMNS = ["run_id", "variant_id", "variant", "study", "role", "name", "model", "teacher", "student", "dataset",
+               "mix", "mix_alpha", "temperature", "mixed_view", "loss", "seed", "epochs", "status", "top1_last",
+               "top1_best", "train_seconds"]
 SUMMARY_SKIP = {"run_id", "traceback"}
+# integers that a run without a recipe (a checkpoint teacher) or a failed run leaves empty: kept integers
+INTEGER_COLUMNS = ("seed", "epochs", "batch_size", "eval_batch_size", "best_epoch", "lockstep_size",
+                   "resumed_from_epoch")
 
 
 def _flat(value):
@@ -31,11 +38,17 @@ def _prefixed(prefix: str, component: dict) -> dict:
     return {prefix: component["name"], **{f"{prefix}_{k}": _flat(v) for k, v in component.items() if k != "name"}}
 
 
+def variant_id(spec: RunSpec) -> str:
+    """The run's config without its seed, with the names it goes by: runs that differ only in seed share it."""
+    config = {k: v for k, v in spec.config.items() if k != "seed"}
+    return run_id({"config": config, "labels": {k: spec.labels[k] for k in ("name", "teacher", "student")}})
+
+
 def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec | None) -> dict:
     c, d = spec.config, spec.config["distill"]
     recipe = {k: _flat(v) for k, v in (c["recipe"] or {}).items() if k != "schedule"}
     schedule = _prefixed("schedule", c["recipe"]["schedule"]) if c["recipe"] else {}
-    row = {"run_id": spec.run_id, "study": study.name, "role": c["role"], "name": spec.labels["name"], "model": c["model"],
+    row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": c["role"], "name": spec.labels["name"], "model": c["model"],
            "teacher": spec.labels["teacher"], "student": spec.labels["student"],
            "teacher_id": d["teacher"] if d else None,
            "teacher_model": teacher.config["model"] if teacher else None,
@@ -50,14 +63,21 @@ def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec 
 
 
 def runs_table(study: Study, out: Path) -> pd.DataFrame:
+    return build_runs_table(study, {r.run_id: RunDir(out, r.run_id).read_summary() for r in study.runs})
+
+
+def build_runs_table(study: Study, summaries: dict[str, dict | None]) -> pd.DataFrame:
+    """One row per run of `study` from its config and summary (None: pending); every column of a declared kind."""
     specs = {r.run_id: r for r in study.runs}
     rows = []
     for spec in study.runs:
         d = spec.config["distill"]
-        rows.append(run_row(spec, study, RunDir(out, spec.run_id).read_summary(), specs[d["teacher"]] if d else None))
+        rows.append(run_row(spec, study, summaries.get(spec.run_id), specs[d["teacher"]] if d else None))
     df = pd.DataFrame(rows)
-    extra = [c for c in df.columns if c not in RUN_COLUMNS]
-    return df.reindex(columns=RUN_COLUMNS + extra)
+    df.insert(2, "variant", columns.variant_labels(df))
+    rest = sorted((c for c in df.columns if c not in RUN_COLUMNS), key=lambda c: (columns.KINDS.index(columns.kind(c)), c))
+    df = df.reindex(columns=RUN_COLUMNS + rest)  # a fixed order, however the configs' keys were ordered
+    return df.astype({c: "Int64" for c in INTEGER_COLUMNS if c in df.columns})
 
 
 def epochs_table(study: Study, out: Path) -> pd.DataFrame:
@@ -99,16 +119,34 @@ class Tables:
     metrics: pd.DataFrame
     summary: pd.DataFrame
     comparisons: pd.DataFrame
+    leaderboard: pd.DataFrame
+
+    @cached_property
+    def variants(self) -> pd.DataFrame:
+        """One row per variant: its config columns and labels (`columns.labelled`), keyed by variant_id."""
+        return columns.labelled(self.runs.drop_duplicates("variant_id")).set_index("variant_id", drop=False)
 
 
 def read_tables(folder: str | Path) -> Tables:
-    """The tables in a study's output folder (or a copy of them, e.g. results/quickstart); absent ones are empty."""
+    """The tables in a study's output folder (or a copy of them, e.g. results/quickstart); statistics not yet
+    computed are empty. A folder without a runs table is one line of error."""
     folder = Path(folder)
+    if not (folder / "runs.parquet").is_file():
+        where = "no such folder" if not folder.is_dir() else "no runs.parquet in it"
+        raise MixkdError(f"{folder}: not the output folder of a study ({where}); `mixkd run STUDY` writes one, "
+                         f"e.g. out/quickstart, and results/quickstart holds a finished one")
 
     def read(name: str, reader, columns: list[str]) -> pd.DataFrame:
         return reader(folder / name) if (folder / name).exists() else pd.DataFrame(columns=columns)
 
-    return Tables(runs=read("runs.parquet", pd.read_parquet, RUN_COLUMNS),
+    return Tables(runs=pd.read_parquet(folder / "runs.parquet"),
                   metrics=read("metrics.parquet", pd.read_parquet, ["run_id", "metric", "value"]),
-                  summary=read("summary.csv", pd.read_csv, ["metric", "mean"]),
-                  comparisons=read("comparisons.csv", pd.read_csv, ["axis", "a", "b", "mean_diff"]))
+                  summary=read("summary.csv", _read_csv, ["variant_id", "metric", "mean"]),
+                  comparisons=read("comparisons.csv", _read_csv, ["axis", "a", "b", "mean_diff"]),
+                  leaderboard=read("leaderboard.csv", _read_csv, ["teacher", "student", "rank"]))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A statistics CSV as written: labels stay strings ('none' is not NaN, '1' not a number)."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"a": str, "b": str},
+                       low_memory=False)
