@@ -4,7 +4,7 @@ Run once per finished run — teachers included — while its model (and teacher
 beside it; the study's `metrics.parquet` is then the concatenation, so reports never reload a model.
 Adding an analysis is one function registered in ANALYSES: it receives the shared `RunOutputs` (one
 forward pass over the evaluation set) and returns rows. All rows describe the final (last-epoch) model.
-Across-seed statistics over those rows are in `mixkd.analysis.stats`.
+Across-seed statistics over those rows are in `mixkd.report.stats`.
 """
 
 from __future__ import annotations
