@@ -1,0 +1,76 @@
+"""Picking a figure's numbers from the tables: summary rows of one metric with their variants' labels, in the
+order figures draw them. The drawn frame keeps summary.csv's keys (variant_id, metric, qualifiers) and values
+(n, mean, ci_low, ci_high), so each drawn number can be looked up there."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from ...columns import VIEW_ORDER, describe
+from ...tables import Tables
+
+QUALIFIERS = ("metric_temperature", "attack", "epsilon", "bin", "class", "x")
+VALUES = ["variant_id", "variant", "metric", *QUALIFIERS, "n", "mean", "ci_low", "ci_high"]
+LABELS = ["mix_label", "loss_label", "pair", "teacher_mix", "teacher_model", "name"]
+
+
+def summary_rows(tables: Tables, metric: str, roles: tuple[str, ...], scalar: bool = True) -> pd.DataFrame:
+    """summary.csv's rows of `metric` for variants of `roles` (only those without qualifiers when `scalar`),
+    with every label a figure draws (`columns.labelled`)."""
+    s = tables.summary.reindex(columns=list(dict.fromkeys([*tables.summary.columns, "role", *VALUES])))
+    rows = s[(s["metric"] == metric) & s["role"].isin(roles)]
+    if scalar:
+        rows = rows[rows[[q for q in QUALIFIERS if q in rows.columns]].isna().all(axis=1)]
+    labels = tables.variants[["variant_id", *LABELS]].reset_index(drop=True)
+    rows = rows.drop(columns=[c for c in LABELS if c in rows.columns]).merge(labels, on="variant_id")
+    return rows.reindex(columns=[*rows.columns, *[q for q in QUALIFIERS if q not in rows.columns]])
+
+
+def natural(text) -> tuple:
+    """Sort key reading numbers as numbers: resnet8 before resnet14 before resnet110."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))
+
+
+def by_pair(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows in natural order of teacher, then student (stable within)."""
+    pairs = list(zip(rows["teacher"], rows["student"]))
+    return rows.iloc[sorted(range(len(rows)), key=lambda i: (natural(pairs[i][0]), natural(pairs[i][1])))]
+
+
+def kd_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Distilled variants in reading order: without mixing first, then by mix, view, temperature and loss."""
+    key = pd.DataFrame({"mixed": rows["mix"] != "none", "mix": rows["mix_label"],
+                        "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER else -1),
+                        "t": rows["temperature"], "loss": rows["loss_label"]})
+    return rows.loc[key.sort_values(list(key.columns), kind="stable").index]
+
+
+def panels_of(rows: pd.DataFrame, panel_axes: list[str], within: list[str], max_items: int,
+              always: tuple[str, ...] = ("pair",)) -> tuple[pd.Series, list[str]]:
+    """Each row's panel title, moving axes from the end of `within` (what a panel tells apart: its bars or lines)
+    into the title while a panel would hold more than `max_items` of them. Returns the titles and the axes left
+    within."""
+    within, panel_axes = list(within), list(panel_axes)
+    while True:
+        panel = describe(rows, tuple(panel_axes), always=always)
+        items = describe(rows, tuple(within), always=tuple(within)) + rows["temperature"].map(str)
+        if rows.assign(panel=panel, item=items).groupby("panel")["item"].nunique().max() <= max_items \
+                or len(within) == 1:
+            return panel, within
+        panel_axes.append(within.pop())
+
+
+def teacher_kind(rows: pd.DataFrame) -> pd.Series:
+    """'plain' or 'Mix-T (mixup)' for each distilled row's teacher."""
+    return rows["teacher_mix"].map(lambda m: "plain" if m == "none" else f"Mix-T ({m})")
+
+
+def teacher_series(teachers: pd.DataFrame, model: pd.Series) -> pd.Series:
+    """A teacher's line among its model's teachers: 'plain' or 'Mix-T (mixup)', or its name where two teachers
+    of one model share a kind."""
+    kind = teachers["mix_label"].map(lambda m: "plain" if m == "none" else f"Mix-T ({m})")
+    named = teachers.assign(model=model, kind=kind).drop_duplicates("name")
+    clash = set(named[named.groupby(["model", "kind"])["name"].transform("size") > 1]["name"])
+    return kind.where(~teachers["name"].isin(clash), teachers["name"])
