@@ -25,23 +25,35 @@ def study_path(arg: str) -> Path:
 
 
 def _load(args):
+    """The study and its output folder: STUDY and --out as given; without STUDY, the study --out holds (else the
+    quickstart). A STUDY that is not the one --out holds is refused (to report: one with other runs too)."""
     from .study import load_study
+    from .study_record import check_same_study, has_record, read_record
 
-    study = load_study(study_path(args.study))
+    if args.study is None and args.out:
+        out = Path(args.out)
+        if has_record(out):
+            return read_record(out), out
+        if args.command != "run" or (out / "runs").is_dir():
+            raise MixkdError(f"{out} holds no study (no study.json, which `mixkd run` writes): give the STUDY, "
+                             f"e.g. mixkd {args.command} STUDY --out {out}")
+    study = load_study(study_path(args.study or DEFAULT_STUDY))
     out = Path(args.out) if args.out else study.output
+    check_same_study(study, out, args.command)
     return study, out
 
 
 def _overview(study, out):
     from .tables import runs_table
 
-    cols = ["run_id", "role", "name", "model", "teacher", "mix", "temperature", "mixed_view", "loss", "seed", "status",
-            "top1_last"]
+    cols = ["run_id", "role", "variant", "seed", "status", "top1_last"]
     return runs_table(study, out).reindex(columns=cols)
 
 
 def cmd_run(args) -> int:
+    from .rundir import check_writable
     from .runner import Job, run_study
+    from .study_record import write_record
 
     study, out = _load(args)
     if args.dry_run:
@@ -53,6 +65,8 @@ def cmd_run(args) -> int:
         return 0
     job = Job(study, out, device=args.device, data_root=args.data_root or os.environ.get("MIXKD_DATA_ROOT"),
               retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every)
+    check_writable(out)
+    write_record(study, out)  # before any run: the folder knows its study even if this run is cut short
     trained = run_study(job, args.executor, args.workers, args.address)
     runs = _report(study, out)
     failed = int((runs["status"] == "failed").sum())
@@ -63,16 +77,16 @@ def cmd_run(args) -> int:
 
 
 def _report(study, out):
-    """Tables from the run directories; then statistics and figures from those tables alone."""
-    from .analysis.stats import write_statistics
-    from .plots import make_plots
-    from .tables import read_tables, write_tables
+    """Tables from the run directories; then statistics, leaderboard, figures and report.html from those tables
+    alone; the leaderboard's head printed."""
+    from .report import write_report
+    from .report.leaderboard import head
+    from .study_record import write_record
 
-    runs, _ = write_tables(study, out)
-    tables = read_tables(out)
-    write_statistics(tables.runs, tables.metrics, out)
-    make_plots(read_tables(out), out)  # read again: the figures see exactly the tables notebooks read
-    return runs
+    write_record(study, out)
+    tables = write_report(study, out)
+    print(head(tables.leaderboard))
+    return tables.runs
 
 
 def cmd_ls(args) -> int:
@@ -84,8 +98,7 @@ def cmd_ls(args) -> int:
 def cmd_report(args) -> int:
     study, out = _load(args)
     runs = _report(study, out)
-    print(f"{study.name}: {len(runs)} runs; tables (runs, epochs, metrics, summary, comparisons) and figures "
-          f"written to {out}")
+    print(f"{study.name}: {len(runs)} runs; tables, statistics, figures and {out / 'report.html'} written")
     return 0
 
 
@@ -177,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def study_cmd(name, fn, help_):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("study", nargs="?", default=DEFAULT_STUDY, help="study YAML (default: quickstart)")
+        s.add_argument("study", nargs="?", help="study YAML or name in studies/ (default: the study --out holds, "
+                                                 "else quickstart)")
         s.add_argument("--out", help="output directory (default: the study's `output`, else out/<name>)")
         s.set_defaults(fn=fn)
         return s

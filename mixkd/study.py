@@ -132,6 +132,7 @@ class Study:
     file: StudyFile
     runs: list[RunSpec]
     dataset: dict
+    raw: Any = None  # the study file as read, kept with the tables (`mixkd.study_record`)
 
     @property
     def output(self) -> Path:
@@ -156,14 +157,14 @@ def load_study(path: str | Path) -> Study:
     except yaml.YAMLError as e:
         raise MixkdError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     try:
-        return parse_study(_normalise_students(raw), source=str(path))
+        return parse_study(normalise_students(raw), source=str(path))
     except ConfigError as e:
         if e.source is None:
             raise ConfigError(e.path, str(e).split(": ", 1)[1], source=str(path)) from None
         raise
 
 
-def _normalise_students(raw: Any) -> Any:
+def normalise_students(raw: Any) -> Any:
     """`students: [resnet20, ...]` is shorthand for `{resnet20: {model: resnet20}, ...}`."""
     if isinstance(raw, dict) and isinstance(raw.get("students"), list):
         for i, s in enumerate(raw["students"]):
@@ -177,7 +178,7 @@ def _normalise_students(raw: Any) -> Any:
 
 
 def parse_study(raw: Any, source: str = "<study>") -> Study:
-    f: StudyFile = from_dict(StudyFile, _normalise_students(raw), "")
+    f: StudyFile = from_dict(StudyFile, normalise_students(raw), "")
     if f.resources.gpus_per_run is not None:
         _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
     _positive(f.resources.cpus_per_run, "resources.cpus_per_run")
@@ -217,7 +218,7 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     for r in runs:
         unique.setdefault(r.run_id, r)
     ordered = sorted(unique.values(), key=lambda r: ROLES.index(r.role))  # stable: teachers first
-    return Study(f.name, source, f, ordered, dataset)
+    return Study(f.name, source, f, ordered, dataset, raw)
 
 
 def _check_pair(teacher: str, student: str, f: StudyFile, path: str) -> None:
