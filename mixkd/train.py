@@ -206,7 +206,7 @@ class Member:
     def result(self, data, group_size: int) -> dict:
         p, epochs = self.progress, self.recipe["epochs"]
         return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
-                "train_seconds": p.seconds, "images_per_s": epochs * len(data.train_y) / p.seconds,
+                "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
                 "lockstep_size": group_size, **self.engine.record()}
 
@@ -258,7 +258,7 @@ def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, de
         rng.bit_generator.state = members[0].shared_rng["mixing"]
     group = Lockstep(members, mixer, rng, teacher, engine)
     eval_loaders = {b: data.eval_loader(b, engine.device) for b in {m.recipe["eval_batch_size"] for m in members}}
-    start, n = members[0].progress.epoch, len(data.train_y)
+    start, n = members[0].progress.epoch, data.num_train_images
     if len(members) > 1:
         desc = f"{desc} +{len(members) - 1} in lockstep"
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,

@@ -11,7 +11,7 @@ from mixkd import runner as runner_module
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.tables import RUN_COLUMNS
-from tiny import RECIPE, run, tiny_study, write
+from tiny import RECIPE, image_folder, run, tiny_study, write
 
 TINY = tiny_study("tiny", recipe={**RECIPE, "lr": 0.05},
                   teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
@@ -143,3 +143,15 @@ def test_transmix_trains_a_vit_student_end_to_end(tmp_path):
     path, out = write(tmp_path, study), tmp_path / "out"
     assert run(path, out) == 0
     assert (pd.read_csv(out / "runs.csv")["status"] == "complete").all()
+
+
+def test_an_image_folder_study_trains_end_to_end(tmp_path):
+    root = image_folder(tmp_path / "images")  # 3 classes × 20 PNGs of 32×32 in train/ and in val/
+    study = {**TINY, "dataset": {"name": "imagefolder", "img_size": 32, "num_workers": 0},
+             "teachers": {"t": {"model": "cnn_small"}}, "grid": {"mix": ["mixup"], "seeds": [0]},
+             "recipe": {**TINY["recipe"], "epochs": 1}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out, "--data-root", str(root)) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["status"] == "complete").all() and (runs["images_per_s"] > 0).all()
+    assert len(pd.read_parquet(out / "epochs.parquet")) == len(runs)

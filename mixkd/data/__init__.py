@@ -26,6 +26,7 @@ class Dataset(Protocol):
     num_classes: int
     in_chans: int
     img_size: int
+    num_train_images: int  # what an epoch goes through: images/s and the progress bar count them
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -55,6 +56,10 @@ class InMemoryDataset:
     @property
     def img_size(self) -> int:
         return self.train_x.shape[-1]
+
+    @property
+    def num_train_images(self) -> int:
+        return len(self.train_y)
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
