@@ -28,7 +28,8 @@ ANALYSIS, LOCK = "analysis.parquet", ".lock"
 # libyaml's safe loader when PyYAML was built with it: 5× faster, and every `mixkd run` reads each run's config
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # write errors that no retry of the run can fix, so they stop the study with one line
-_FATAL_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_FATAL_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                       errno.EFBIG: "file too large (a filesystem or `ulimit -f` limit)"}
 
 
 class NoSpaceLeft(MixkdError):
@@ -37,21 +38,33 @@ class NoSpaceLeft(MixkdError):
 
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Turn a full disk into one line naming the file, instead of a traceback or a run marked failed."""
+    """Turn a failed write into one line naming the file, instead of a traceback; a full disk stops the study
+    rather than marking a run failed that nothing is wrong with."""
     try:
         yield
     except OSError as e:
         if e.errno in _FATAL_WRITE_ERRORS:
             raise NoSpaceLeft(f"{_FATAL_WRITE_ERRORS[e.errno]} writing {path}") from None
-        raise
+        raise MixkdError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` into a temporary file of the same directory, then rename it over `path`. The file gets the mode
+    the umask gives a new file: mkstemp's is 0600 whatever the umask, which others sharing the filesystem
+    (a cluster's group) cannot read."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
+            os.fchmod(fd, 0o666 & ~umask())
             with os.fdopen(fd, "wb") as f:
                 write(f)
             os.replace(tmp, path)
@@ -60,7 +73,7 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             raise
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str | memoryview) -> None:
     """Write to a temporary file in the same directory, then rename: readers never see half a file."""
     _write_atomically(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
 
@@ -174,8 +187,11 @@ class RunDir:
 
     def save_checkpoint(self, state: dict) -> None:
         """RepDistiller's layout ({"model": state_dict, "optimizer": ..., "epoch": ...}) so other tools can
-        read it too; written to a temporary file and renamed, so a kill never leaves half a checkpoint."""
-        _write_atomically(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        read it too; written to a temporary file and renamed, so a kill never leaves half a checkpoint.
+        Serialised in memory first: torch.save turns a full disk into a RuntimeError, not an OSError."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.path / CHECKPOINT, buffer.getbuffer())
 
     def load_checkpoint(self) -> dict | None:
         path = self.path / CHECKPOINT

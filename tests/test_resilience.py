@@ -256,6 +256,56 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_run_resumes_later(tmp_p
     assert run(path, out) == 0
 
 
+class FullDisk:
+    """A file on a disk that fills up after `room` bytes: the write that does not fit fails as write(2) does."""
+
+    def __init__(self, file, room: int = 1024):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_stops_the_study_and_leaves_every_run_resumable(tmp_path, capsys,
+                                                                                               monkeypatch):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(file) if "/.checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}") else file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert_one_line_error(capsys, run_args(path, out), "no space left on device writing", "checkpoint.pt")
+    assert nothing_trained(out)  # the teacher is not failed, so neither are its students once space is freed
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert run(path, out) == 0
+
+
+def test_files_are_written_with_the_mode_the_umask_gives(tmp_path):
+    previous = os.umask(0o002)  # a group sharing results on a cluster filesystem
+    try:
+        rundir = RunDir(tmp_path, "run")
+        rundir.write_summary({"status": "complete"})
+        rundir.save_checkpoint({"model": {}})
+    finally:
+        os.umask(previous)
+    for name in ("summary.json", "checkpoint.pt"):
+        assert (rundir.path / name).stat().st_mode & 0o777 == 0o664, name
+
+
 def test_a_run_directory_whose_config_no_longer_matches_its_id_is_refused(tmp_path, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     assert run(path, out) == 0
