@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from .errors import MixkdError
+from .models.checkpoint import unreadable_reason
 
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = "config.yaml", "epochs.jsonl", "summary.json", "checkpoint.pt"
 ANALYSIS, LOCK = "analysis.parquet", ".lock"
@@ -194,14 +195,32 @@ class RunDir:
         atomic_write(self.path / CHECKPOINT, buffer.getbuffer())
 
     def load_checkpoint(self) -> dict | None:
+        """The checkpoint, or None when there is none or it cannot be read. mixkd replaces it atomically, so an
+        unreadable one was damaged by something else: the run is trained again from its start, not failed for
+        ever (a retry would only read it again)."""
         path = self.path / CHECKPOINT
-        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types for a damaged file
+            print(f"{path}: unreadable ({unreadable_reason(e)}); training its run again from the start", flush=True)
+            return None
 
     def training_state(self) -> dict | None:
         """The last checkpoint if it can resume training (an imported teacher's holds the model only)."""
         state = self.load_checkpoint()
         return state if state is not None and "epoch" in state else None
 
-    def load_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        model.load_state_dict(self.load_checkpoint()["model"])
+    def load_model(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """`model` with the checkpoint's weights; None without a readable checkpoint."""
+        state = self.load_checkpoint()
+        if state is None:
+            return None
+        model.load_state_dict(state["model"])
         return model
+
+    def reopen(self) -> None:
+        """Make a complete run one to do again (e.g. its students need the checkpoint that is gone); call it
+        holding the run's claim."""
+        (self.path / SUMMARY).unlink(missing_ok=True)

@@ -123,13 +123,36 @@ class RunContext:
             return None
         tid = spec.config["distill"]["teacher"]
         if tid not in self._teachers:
-            rundir = RunDir(self.out, tid)
-            wait_for_other_runner(rundir, f"teacher run {tid}")
-            if rundir.status() != "complete":
-                raise MixkdError(f"teacher run {tid} is {rundir.status()}; its students cannot train")
-            model = rundir.load_model(build_model(self.specs[tid].config, self.data))
+            model = self._finished_teacher(tid)
             self._teachers[tid] = self.engine.compiled(self.engine.prepare(model).eval())
         return self._teachers[tid]
+
+    def _finished_teacher(self, tid: str) -> torch.nn.Module:
+        """Teacher run `tid`'s model once the run is complete: waited for while another runner trains it, and
+        trained here when none does (the runner that started it died, or its checkpoint is gone), so its
+        students are never failed for it. Raises TeacherNotReady when the teacher failed."""
+        rundir, trained_here = RunDir(self.out, tid), False
+        while True:
+            wait_for_other_runner(rundir, f"teacher run {tid}")
+            status = rundir.status()
+            if status == "complete" and (model := rundir.load_model(build_model(self.specs[tid].config,
+                                                                                self.data))) is not None:
+                return model
+            if status == "failed" or trained_here:
+                raise TeacherNotReady(f"teacher run {tid} is {status}: its students stay pending until it is "
+                                      f"complete (--retry-failed reruns it)")
+            print(f"teacher run {tid} is {status}{' without a checkpoint' if status == 'complete' else ''} and no "
+                  f"runner holds it: training it here", flush=True)
+            with rundir.claim() as held:
+                if held and status == "complete":
+                    rundir.reopen()
+            (summary,) = execute_group([self.specs[tid]], self)
+            print(progress_line(self.specs[tid], summary), flush=True)
+            trained_here = summary["status"] != "skipped"  # skipped: another runner claimed it meanwhile
+
+
+class TeacherNotReady(MixkdError):
+    """A student's teacher failed: the student is left to do, not failed, since nothing is wrong with it."""
 
 
 def wait_for_other_runner(rundir: RunDir, what: str) -> None:
@@ -177,19 +200,21 @@ def failure(e: BaseException) -> dict:
 
 def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
     started, clock = now(), time.perf_counter()
-    ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
-    for spec, rundir in runs:
-        rundir.start(spec.config, spec.labels, spec.run_id)
-    lead = runs[0][0]
+    lead, teacher = runs[0][0], None
     try:
+        teacher = ctx.teacher(lead)  # before any run starts: this runner may have to train the teacher first
+        started, clock = now(), time.perf_counter()
+        ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
+        for spec, rundir in runs:
+            rundir.start(spec.config, spec.labels, spec.run_id)
         if "checkpoint" in lead.labels:  # an imported teacher is a group of one
             outcomes = [import_teacher(lead.config, lead.labels["checkpoint"], ctx.data, ctx.device, runs[0][1])]
-            teacher = None
         else:
-            teacher = ctx.teacher(lead)
             members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
                                   describe(lead), ctx.job.checkpoint_every)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
+    except TeacherNotReady as e:
+        return [skipped(spec, str(e)) for spec, _ in runs]
     except STOPS_THE_STUDY:
         raise
     except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail

@@ -157,6 +157,74 @@ def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
     assert all(len(RunDir(out, r.run_id).read_epochs()) == r.config["recipe"]["epochs"] for r in study.runs)
 
 
+def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_path, monkeypatch, capsys):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    teacher = load_study(path).runs[0]
+    dead_runner = RunDir(out, teacher.run_id)
+    dead_runner.start(teacher.config, teacher.labels, teacher.run_id)  # began training the teacher ...
+    lock = dead_runner.claim()
+    assert lock.__enter__()
+    real_wait = RunDir.wait_until_released
+
+    def dies_while_waited_for(self):  # ... and is killed while this runner waits for it
+        lock.__exit__(None, None, None)
+        real_wait(self)
+
+    monkeypatch.setattr(RunDir, "wait_until_released", dies_while_waited_for)
+    assert run(path, out) == 0
+    assert f"teacher run {teacher.run_id} is running and no runner holds it: training it here" in capsys.readouterr().out
+    assert all(s["status"] == "complete" for s in summaries(out, load_study(path)).values())
+
+
+def test_the_students_of_a_failed_teacher_stay_pending_and_train_once_it_is_retried(tmp_path, monkeypatch, capsys):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    study = load_study(path)
+    real = runner_module.train_group
+
+    def teacher_fails(configs, *args, **kwargs):
+        if configs[0]["role"] == "teacher":
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        return real(configs, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_group", teacher_fails)
+    assert run(path, out) == 1
+    assert re.search(r"skipped: teacher run \w{12} is failed: its students stay pending", capsys.readouterr().out)
+    statuses = {r.role: RunDir(out, r.run_id).status() for r in study.runs}
+    assert statuses == {"teacher": "failed", "scratch": "complete", "student": "pending"}
+    monkeypatch.setattr(runner_module, "train_group", real)
+    assert run(path, out, "--retry-failed") == 0
+    assert all(s["status"] == "complete" for s in summaries(out, study).values())
+
+
+def test_a_complete_teacher_whose_checkpoint_is_gone_is_trained_again_for_its_students(tmp_path):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    assert run(path, out) == 0
+    teacher, student = load_study(path).runs[0], load_study(path).runs[-1]
+    (RunDir(out, teacher.run_id).path / "checkpoint.pt").unlink()
+    (RunDir(out, student.run_id).path / "summary.json").unlink()  # a student still to train
+    assert run(path, out) == 0
+    assert all(s["status"] == "complete" for s in summaries(out, load_study(path)).values())
+    assert (RunDir(out, teacher.run_id).path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("damage", [lambda data: b"not a checkpoint", lambda data: data[:len(data) // 2]],
+                         ids=["garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_said_and_its_run_trained_again_from_the_start(tmp_path, capsys, damage):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    assert run(path, out) == 0
+    student = RunDir(out, load_study(path).runs[-1].run_id)
+    before = student.read_summary()
+    (student.path / "summary.json").unlink()  # a run interrupted after its last checkpoint ...
+    checkpoint = student.path / "checkpoint.pt"
+    checkpoint.write_bytes(damage(checkpoint.read_bytes()))  # ... which something else damaged
+    capsys.readouterr()
+    assert run(path, out) == 0
+    assert f"{checkpoint}: unreadable (" in capsys.readouterr().out
+    after = student.read_summary()
+    assert after["status"] == "complete" and after["resumed_from_epoch"] == 0
+    assert after["top1_last"] == before["top1_last"]
+
+
 # --- failures ---------------------------------------------------------------------------------------------------
 
 

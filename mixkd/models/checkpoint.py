@@ -25,7 +25,7 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; any of them means "unreadable"
-        raise MixkdError(f"{path}: cannot read teacher checkpoint: {_reason(e)}") from None
+        raise MixkdError(f"{path}: cannot read teacher checkpoint: {unreadable_reason(e)}") from None
     state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MixkdError(f"{path}: not a state dict, nor a dict with the state dict under 'model'")
@@ -36,7 +36,7 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _reason(e: Exception) -> str:
+def unreadable_reason(e: Exception) -> str:
     """One line from a torch.load failure; a weights_only refusal names the offending global deep inside
     a paragraph of advice, so that sentence is the one kept."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
