@@ -229,12 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
+        return status
     except MixkdError as e:
         if args.debug:
             raise
         print(f"mixkd: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nmixkd: interrupted; finished runs and checkpoints are kept: the same command resumes",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mixkd ls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush finds no pipe
+        return 141
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,19 +256,21 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     check_writable(job.out)
     check_saved_configs(job.study, job.out)
     todo = pending_runs(job.study, job.out, job.retry_failed)
-    if not todo:
-        return []
     ctx = RunContext(job)
     groups = lockstep_groups(todo, ctx.engine.lockstep)
-    summaries = run(groups, ctx, ExecutorOptions(workers, address))  # checks the options; starts nothing yet
-    preflight(todo, ctx)
-    specs, trained = ctx.specs, []
-    bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)
-    for i, summary in enumerate(summaries, 1):
-        spec = specs[summary["run_id"]]
-        if summary["status"] != "skipped":
-            trained.append(spec)
-        bar.update()
-        bar.write(f"[{i}/{len(todo)}] {progress_line(spec, summary)}", file=sys.stdout)
-    bar.close()
+    # checks the options, with or without work to do, and starts nothing yet; closed however this ends, so
+    # that an interrupt ends the workers too
+    with closing(run(groups, ctx, ExecutorOptions(workers, address))) as summaries:
+        if not todo:
+            return []
+        preflight(todo, ctx)
+        specs, trained = ctx.specs, []
+        bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)
+        for i, summary in enumerate(summaries, 1):
+            spec = specs[summary["run_id"]]
+            if summary["status"] != "skipped":
+                trained.append(spec)
+            bar.update()
+            bar.write(f"[{i}/{len(todo)}] {progress_line(spec, summary)}", file=sys.stdout)
+        bar.close()
     return trained

@@ -106,6 +106,20 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_identical_resu
         pd.testing.assert_frame_equal(got, want)
 
 
+def test_ctrl_c_with_workers_fails_no_run_prints_no_traceback_and_the_study_resumes(tmp_path):
+    path, out = write(tmp_path, LONG), tmp_path / "out"
+    study = load_study(path)
+    runner = subprocess.Popen([*mixkd_command(path, out), "--workers", "2"], env=subprocess_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    poll(lambda: any((RunDir(out, r.run_id).path / "checkpoint.pt").exists() for r in study.runs
+                     if r.role != "teacher"), runner, "a run other than the teacher with a checkpoint")
+    os.killpg(runner.pid, signal.SIGINT)  # Ctrl-C: the terminal interrupts the whole process group
+    log = runner.communicate(timeout=TIMEOUT)[0]
+    assert runner.returncode == 130 and "Traceback" not in log and "mixkd: interrupted" in log, log
+    assert not any(s and s["status"] == "failed" for s in summaries(out, study).values())
+    assert run(path, out) == 0
+
+
 def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path):
     rundir = RunDir(tmp_path, "run")
     rundir.start({"model": "cnn_tiny"}, {}, "run")

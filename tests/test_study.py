@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -615,6 +618,14 @@ def test_cli_bad_study_exits_2_with_one_line(tmp_path, capsys, command):
     assert captured.err.startswith(f"mixkd: error: {path}: grid.mixed_view[0]: 'studnet' is not allowed")
     assert captured.err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_output_into_a_closed_pipe_prints_no_traceback():
+    ls = subprocess.Popen([sys.executable, "-m", "mixkd.cli", "ls", str(STUDIES / "quickstart.yaml")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    ls.stdout.close()  # `mixkd ls | head -0`: the reader is gone before anything is written
+    assert ls.stderr.read() == b"" and ls.wait() == 141
+    ls.stderr.close()
 
 
 def test_cli_missing_study_exits_2(tmp_path, capsys):
