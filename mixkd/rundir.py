@@ -37,6 +37,15 @@ class NoSpaceLeft(MixkdError):
     """The disk (or quota) is full: every later run would fail the same way, so the study stops."""
 
 
+class DamagedRun(MixkdError):
+    """Part of what a run wrote is cut or gone: deleted, or damaged by something other than mixkd, whose
+    writes are atomic or appends it knows how to cut back."""
+
+    def __init__(self, problem: str, remedy: str):
+        self.problem = problem
+        super().__init__(f"{problem}: {remedy}")
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Turn a failed write into one line naming the file, instead of a traceback; a full disk stops the study
@@ -87,6 +96,15 @@ def check_writable(out: Path) -> None:
             pass
     except OSError as e:
         raise MixkdError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
+
+
+def _epoch_record(line: str) -> dict | None:
+    """A line of epochs.jsonl as the record it holds; None when it holds none."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
 
 
 class RunDir:
@@ -153,25 +171,43 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_epochs(self) -> list[dict]:
-        """The logged epochs; a last line cut short (a kill or a full disk mid-append) is dropped: its epoch
-        is after the last checkpoint, so it will be trained and logged again."""
+        """The logged epochs. While the run is unfinished a last line cut short (a kill or a full disk mid-append)
+        is dropped: its epoch is after the last checkpoint, so it will be trained and logged again. Any other
+        line that is no epoch record is damage, which DamagedRun names."""
+        path = self.path / EPOCHS
         try:
-            lines = [line for line in (self.path / EPOCHS).read_text().splitlines() if line]
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line]
         except FileNotFoundError:
             return []
-        records = []
-        for i, line in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i < len(lines) - 1:
-                    raise
-        return records
+        records = [_epoch_record(line) for line in lines]
+        for i, record in enumerate(records, 1):
+            if record is None and (i < len(lines) or self.status() == "complete"):
+                raise DamagedRun(f"{path}: line {i} is not an epoch record", "`mixkd run` trains the run again")
+        return [r for r in records if r is not None]
 
-    def truncate_epochs(self, epoch: int) -> None:
-        """Keep the log of epochs 1..`epoch` only: those after the checkpoint will be trained again."""
-        kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
-        atomic_write(self.path / EPOCHS, "".join(json.dumps(r) + "\n" for r in kept))
+    def truncate_epochs(self, epoch: int) -> bool:
+        """Keep the log of epochs 1..`epoch` only: those after the checkpoint will be trained again. False, and
+        nothing kept, when the log lacks some of them: resuming would keep that gap for good."""
+        try:
+            kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
+        except DamagedRun:
+            kept = []
+        whole = [r["epoch"] for r in kept] == list(range(1, epoch + 1))
+        atomic_write(self.path / EPOCHS, "".join(json.dumps(r) + "\n" for r in kept) if whole else "")
+        return whole
+
+    def damage(self, epochs: int) -> str | None:
+        """What a complete run lacks of what it wrote (a record of each of its `epochs` epochs, its analyses),
+        or None."""
+        try:
+            logged = [r["epoch"] for r in self.read_epochs()]
+        except DamagedRun as e:
+            return e.problem
+        if logged != list(range(1, epochs + 1)):
+            return f"{self.path / EPOCHS} logs {len(logged)} epochs, not epochs 1 to {epochs} in turn"
+        if not (self.path / ANALYSIS).exists():
+            return f"{self.path / ANALYSIS} is missing"
+        return None
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
@@ -183,8 +219,18 @@ class RunDir:
         atomic_write(self.path / ANALYSIS, buf.getvalue())
 
     def read_analysis(self) -> pd.DataFrame | None:
+        """The run's analysis rows; None while it has none. A complete run has them (they are written before
+        its summary), so their absence there is damage."""
         path = self.path / ANALYSIS
-        return pd.read_parquet(path) if path.exists() else None
+        if path.exists():
+            try:
+                return pd.read_parquet(path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+                raise DamagedRun(f"{path}: unreadable ({type(e).__name__})",
+                                 "delete it, and `mixkd run` analyses the run again") from None
+        if self.status() == "complete":
+            raise DamagedRun(f"{path} is missing although the run is complete", "`mixkd run` analyses it again")
+        return None
 
     def save_checkpoint(self, state: dict) -> None:
         """RepDistiller's layout ({"model": state_dict, "optimizer": ..., "epoch": ...}) so other tools can

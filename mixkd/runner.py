@@ -84,6 +84,22 @@ def check_saved_configs(study: Study, out: Path) -> None:
                              f"changed, or the directory was copied or edited); move {rundir.path} aside to retrain it")
 
 
+def reopen_damaged(study: Study, out: Path) -> None:
+    """Complete runs that lack part of what they wrote (a line of their epoch log, their analyses: cut or deleted
+    by something else) are done again, saying so, rather than leave their rows out of the tables without a word:
+    from their last checkpoint when the log is whole, else from the start."""
+    for spec in study.runs:
+        rundir = RunDir(out, spec.run_id)
+        if rundir.status() != "complete":
+            continue
+        problem = rundir.damage(spec.config["recipe"]["epochs"] if spec.config["recipe"] else 0)
+        if problem:
+            with rundir.claim() as held:
+                if held:
+                    print(f"run {spec.run_id}: {problem}; running it again", flush=True)
+                    rundir.reopen()
+
+
 @dataclass
 class Job:
     """What a worker needs to rebuild a study's RunContext; picklable, so it ships to worker processes."""
@@ -255,6 +271,7 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     run = EXECUTORS.get(executor, "--executor")
     check_writable(job.out)
     check_saved_configs(job.study, job.out)
+    reopen_damaged(job.study, job.out)
     todo = pending_runs(job.study, job.out, job.retry_failed)
     ctx = RunContext(job)
     groups = lockstep_groups(todo, ctx.engine.lockstep)

@@ -27,7 +27,7 @@ from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .models import create_model
 from .models.checkpoint import load_teacher_checkpoint
-from .rundir import CHECKPOINT, NoSpaceLeft, RunDir
+from .rundir import CHECKPOINT, EPOCHS, NoSpaceLeft, RunDir
 from .schedules import lr_factor
 
 
@@ -122,20 +122,24 @@ class Member:
     def resume(self) -> None:
         """Restore the run's last checkpoint, if any, and cut its epoch log back to it."""
         state = self.rundir.training_state()
+        if state is not None:
+            written_on, device = state.get("device", "cpu"), self.engine.device.type
+            if written_on != device:
+                raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the "
+                                 f"data order and augmentation streams it continues live there: resume it with "
+                                 f"--device {written_on} (and --retry-failed), or delete "
+                                 f"{self.rundir.path / CHECKPOINT} to train it afresh on {device}")
+            if not self.rundir.truncate_epochs(state["epoch"]):
+                print(f"{self.rundir.path / EPOCHS} lacks some of epochs 1 to {state['epoch']}, which its "
+                      f"checkpoint follows: training the run again from the start", flush=True)
+                state = None
         if state is None:
             self.rundir.truncate_epochs(0)
             return
-        written_on, device = state.get("device", "cpu"), self.engine.device.type
-        if written_on != device:
-            raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the data "
-                             f"order and augmentation streams it continues live there: resume it with --device "
-                             f"{written_on} (and --retry-failed), or delete {self.rundir.path / CHECKPOINT} to "
-                             f"train it afresh on {device}")
         self.model.load_state_dict(state["model"])
         self.load_optimizer(state["optimizer"])
         self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
         self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
-        self.rundir.truncate_epochs(state["epoch"])
         self.progress = Progress.from_checkpoint(state)
         self.resumed_from = self.progress.epoch
 

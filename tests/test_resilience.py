@@ -4,6 +4,7 @@ import builtins
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +131,53 @@ def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path)
     rundir.truncate_epochs(1)  # what resuming from the epoch-1 checkpoint does
     rundir.log_epoch({"epoch": 2, "train_loss": 0.4})
     assert [r["epoch"] for r in rundir.read_epochs()] == [1, 2]
+
+
+def cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[:text.rstrip("\n").rindex("\n") + 10])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study with 2 epochs a run, trained once: (its file, its output folder), for tests to copy."""
+    tmp = tmp_path_factory.mktemp("finished")
+    path = write(tmp, {**TINY, "recipe": RECIPE})
+    assert run(path, tmp / "out") == 0
+    return path, tmp / "out"
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda rundir: cut_last_line(rundir.path / "epochs.jsonl"), "epochs.jsonl: line 2 is not an epoch record"),
+    (lambda rundir: (rundir.path / "analysis.parquet").unlink(), "analysis.parquet is missing"),
+], ids=["epoch-line-cut", "analysis-deleted"])
+def test_a_complete_run_that_lost_data_is_said_and_done_again(finished, tmp_path, capsys, damage, says):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    damaged = load_study(path).runs[-1]
+    damage(RunDir(out, damaged.run_id))
+    assert_one_line_error(capsys, ["report", str(path), "--out", str(out)], says)  # no table silently short
+    assert run(path, out) == 0
+    assert f"run {damaged.run_id}: " in capsys.readouterr().out
+    for got, want in zip(comparable(out), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
+    tables = [pd.read_parquet(folder / "metrics.parquet") for folder in (out, reference)]
+    pd.testing.assert_frame_equal(*tables)
+
+
+def test_a_run_resumed_from_a_checkpoint_whose_epoch_line_was_cut_is_trained_again_without_a_gap(finished,
+                                                                                                 tmp_path):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    rundir = RunDir(out, load_study(path).runs[-1].run_id)
+    (rundir.path / "summary.json").unlink()  # killed after its last checkpoint (epoch 2) ...
+    cut_last_line(rundir.path / "epochs.jsonl")  # ... and epoch 2's line damaged
+    assert run(path, out) == 0
+    assert [r["epoch"] for r in rundir.read_epochs()] == [1, 2]
+    for got, want in zip(comparable(out), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
 
 
 def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
