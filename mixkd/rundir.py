@@ -89,13 +89,18 @@ def atomic_write(path: Path, data: bytes | str | memoryview) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """Fail before any run starts when the output directory cannot be created or written."""
+    """Fail before any run starts when the output directory cannot be created or written, or holds a folder
+    where mixkd writes a table."""
+    out = Path(out)
     try:
-        Path(out).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:
         raise MixkdError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
+    for table in [*out.glob("*.csv"), *out.glob("*.parquet")]:
+        if table.is_dir():
+            raise MixkdError(f"{table} is a folder where mixkd writes a table: move it aside")
 
 
 def _epoch_record(line: str) -> dict | None:
@@ -112,17 +117,46 @@ class RunDir:
         self.path = Path(root) / "runs" / run_id
 
     def read_summary(self) -> dict | None:
+        """The run's summary; None while it has none. mixkd writes it atomically, so one it cannot read was
+        damaged by something else: a one-line error says so."""
+        path = self.path / SUMMARY
         try:
-            return json.loads((self.path / SUMMARY).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def read_config(self) -> dict | None:
-        """The resolved config this directory was trained with, as `start` saved it."""
-        try:
-            return yaml.load((self.path / CONFIG).read_text(), Loader=SAFE_LOADER)["config"]
+            summary = json.loads(path.read_text())
         except FileNotFoundError:
             return None
+        except NotADirectoryError:
+            self.check_usable()
+            raise
+        except (OSError, ValueError) as e:  # ValueError: JSON's errors, and bytes that are not UTF-8
+            summary = f"{type(e).__name__}: {e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]}"
+        if not isinstance(summary, dict) or "status" not in summary:
+            reason = summary if isinstance(summary, str) else f"holds {str(summary)[:40]}"
+            raise MixkdError(f"{path}: not a run summary ({reason}); delete it, and `mixkd run` finishes the run "
+                             f"from its checkpoint")
+        return summary
+
+    def read_config(self) -> dict | None:
+        """The resolved config this directory was trained with, as `start` saved it; a one-line error when
+        something else damaged the file."""
+        path = self.path / CONFIG
+        try:
+            saved = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            saved = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            reason = saved if isinstance(saved, str) else f"holds {str(saved)[:40]}"
+            raise MixkdError(f"{path}: not a run config ({reason}); move {self.path} aside to train the run again")
+        return saved["config"]
+
+    def check_usable(self) -> None:
+        """Fail in one line when the directory (or `runs/` above it) is a file, or its lock a folder."""
+        for path, what in ((self.path.parent, "its run directories"), (self.path, "a run's directory"),
+                           (self.path / LOCK, "a run's lock file")):
+            if path.exists() and path.is_dir() != (path.name != LOCK):
+                raise MixkdError(f"{path} is a {'folder' if path.is_dir() else 'file'} where mixkd keeps {what}: "
+                                 f"move it aside")
 
     def status(self) -> str:
         summary = self.read_summary()

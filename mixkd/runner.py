@@ -68,13 +68,16 @@ def first_difference(saved, resolved, path: str = "") -> tuple[str, object, obje
 
 
 def check_saved_configs(study: Study, out: Path) -> None:
-    """Refuse to resume or skip a run whose directory was trained with another config than its id names.
+    """Refuse run directories mixkd cannot use (damaged files, a file for a folder) and any whose run was
+    trained with another config than its id names, to resume or skip.
 
-    Ids hash the resolved config, so this only happens when mixkd's defaults or resolution changed, or a
+    Ids hash the resolved config, so the latter only happens when mixkd's defaults or resolution changed, or a
     directory was copied or edited; its results would silently stand for a config they were not run with.
     """
     for spec in study.runs:
         rundir = RunDir(out, spec.run_id)
+        rundir.check_usable()
+        rundir.read_summary()
         saved = rundir.read_config()
         diff = first_difference(saved, spec.config) if saved is not None else None
         if diff:

@@ -150,7 +150,9 @@ def finished(tmp_path_factory):
 @pytest.mark.parametrize("damage, says", [
     (lambda rundir: cut_last_line(rundir.path / "epochs.jsonl"), "epochs.jsonl: line 2 is not an epoch record"),
     (lambda rundir: (rundir.path / "analysis.parquet").unlink(), "analysis.parquet is missing"),
-], ids=["epoch-line-cut", "analysis-deleted"])
+    (lambda rundir: (rundir.path / "epochs.jsonl").write_text('{"epoch": 1, "lr": 0.\n{"epoch": 2}\n'),
+     "epochs.jsonl: line 1 is not an epoch record"),
+], ids=["epoch-line-cut", "analysis-deleted", "epoch-line-garbled"])
 def test_a_complete_run_that_lost_data_is_said_and_done_again(finished, tmp_path, capsys, damage, says):
     path, reference = finished
     out = tmp_path / "out"
@@ -164,6 +166,39 @@ def test_a_complete_run_that_lost_data_is_said_and_done_again(finished, tmp_path
         pd.testing.assert_frame_equal(got, want)
     tables = [pd.read_parquet(folder / "metrics.parquet") for folder in (out, reference)]
     pd.testing.assert_frame_equal(*tables)
+
+
+def replace_with_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("")
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda out, rundir: (rundir / "config.yaml").write_text("config: [1"), "config.yaml: not a run config"),
+    (lambda out, rundir: (rundir / "config.yaml").write_text("[1]"), "config.yaml: not a run config (holds [1])"),
+    (lambda out, rundir: (rundir / "summary.json").write_bytes(b"\xff\xfe"), "summary.json: not a run summary"),
+    (lambda out, rundir: (rundir / "summary.json").write_text("[]"), "summary.json: not a run summary (holds []"),
+    (lambda out, rundir: replace_with_folder(rundir / ".lock"), ".lock is a folder where mixkd keeps a run's lock"),
+    (lambda out, rundir: replace_with_file(rundir), " is a file where mixkd keeps a run's directory"),
+    (lambda out, rundir: replace_with_file(out / "runs"), "runs is a file where mixkd keeps its run directories"),
+    (lambda out, rundir: replace_with_folder(out / "runs.csv"), "runs.csv is a folder where mixkd writes a table"),
+], ids=["config-yaml", "config-list", "summary-bytes", "summary-list", "lock-folder", "run-file", "runs-file",
+        "table-folder"])
+def test_an_output_folder_mixkd_cannot_use_is_one_line_before_any_run(finished, tmp_path, capsys, damage, says):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    rundir = RunDir(out, load_study(path).runs[-1].run_id)
+    (rundir.path / "summary.json").unlink()  # a run to train
+    damage(out, rundir.path)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert_one_line_error(capsys, run_args(path, out), says)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing touched
 
 
 def test_a_run_resumed_from_a_checkpoint_whose_epoch_line_was_cut_is_trained_again_without_a_gap(finished,
