@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import MixkdError
+from .errors import MixkdError, StudyWarning
 
 DEFAULT_STUDY = "quickstart"
 LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules")
@@ -226,8 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line_warnings(show):
+    """Python's `show` of a warning, but a study's warnings in one line each, like its errors."""
+
+    def showwarning(message, category, *args, **kwargs):
+        if issubclass(category, StudyWarning):
+            print(f"mixkd: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StudyWarning)
+        warnings.showwarning = one_line_warnings(warnings.showwarning)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         status = args.fn(args)
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below

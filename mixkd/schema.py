@@ -117,7 +117,7 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(path, f"expected a name or a mapping with 'name', got {spec!r}")
     name = spec["name"]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{path}.name", registry.unknown_message(name))
     params = signature_defaults(registry.get(name), skip)
     hints = _type_hints(registry.get(name))

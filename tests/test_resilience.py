@@ -373,12 +373,13 @@ def nothing_trained(out: Path) -> bool:
     return not list(out.glob("runs/*/summary.json"))
 
 
-def test_a_checkpoint_teacher_that_does_not_fit_stops_the_study_before_any_run(tmp_path, capsys):
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
+def test_a_checkpoint_teacher_that_does_not_fit_stops_the_study_before_any_run(tmp_path, capsys, dry_run):
     torch.save({"model": create_model("cnn_small", 10, 3).state_dict()}, tmp_path / "teacher.pth")
     study = {**TINY, "teachers": {"given": {"model": "cnn_small", "checkpoint": "teacher.pth"}}}
     path, out = write(tmp_path, study), tmp_path / "out"
-    assert_one_line_error(capsys, run_args(path, out), "teacher.pth", "does not fit SmallCNN", "fc.weight",
-                          "(10, 32) vs model (4, 32)")
+    assert_one_line_error(capsys, run_args(path, out, *dry_run), "teachers.given.checkpoint: ", "teacher.pth",
+                          "does not fit SmallCNN", "fc.weight", "(10, 32) vs model (4, 32)")
     assert nothing_trained(out)
 
 

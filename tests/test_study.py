@@ -12,10 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mixkd import cli, data, losses, metrics, mixing, schedules
-from mixkd.errors import ConfigError, MixkdError
+from mixkd.errors import ConfigError, MixkdError, StudyWarning
+from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import load_study, parse_study, run_id
 
@@ -473,13 +475,57 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(grid=[1]), "grid", ["expected a mapping"]),
     (lambda r: r["grid"].update(seeds=["zero"]), "grid.seeds[0]", ["expected int"]),
     (lambda r: r.update(exclude=["mixup"]), "exclude[0]", ["expected a mapping"]),
+    # a list where a name is expected
+    (lambda r: r["grid"].update(mix=[{"name": ["mixup"]}]), "grid.mix[0].name", ["unknown mixer ['mixup']"]),
+    (lambda r: r.update(dataset={"name": ["digits"]}), "dataset.name", ["unknown dataset ['digits']", "digits"]),
+    (lambda r: r.update(students=[{"model": ["cnn_tiny"]}]), "students[0].model",
+     ["expected a name, got ['cnn_tiny']"]),
+    # sizes the data cannot have
+    (lambda r: r.update(dataset={"name": "synthetic", "num_classes": 0}), "dataset.num_classes", ["must be ≥ 2"]),
+    (lambda r: r.update(dataset={"name": "synthetic", "train_size": 0}), "dataset.train_size", ["must be ≥ 1"]),
+    (lambda r: r.update(dataset={"name": "digits", "val_size": 1437}), "dataset.val_size",
+     ["must be less than the 1437 training images of digits, got 1437"]),
+    (lambda r: r["recipe"].update(batch_size=1500), "recipe.batch_size",
+     ["must be at most the 1437 images the dataset trains on, got 1500"]),
+    (lambda r: r["students"]["s2"].update(recipe={"batch_size": 1500}), "students.s2.recipe.batch_size",
+     ["at most the 1437 images"]),
+    # accepted silently, until now
+    (lambda r: r.update(students=["cnn_tiny", "cnn_small", "cnn_tiny"]), "students[2]",
+     ["'cnn_tiny' already names students[0]", "its own `name`"]),
+    (lambda r: r.update(students=[{"model": "cnn_tiny", "name": "s"}, {"model": "cnn_small", "name": "s"}]),
+     "students[1]", ["'s' already names students[0]"]),
+    (lambda r: r.update(exclude=[{"teacher": "nope"}]), "exclude[0].teacher", ["'nope' is not defined", "t1, t2"]),
+    (lambda r: r["grid"].update(mix=[{"name": "mixup", "alpha": 0}]), "grid.mix[0]",
+     ["mixer 'mixup' rejects its parameters", "alpha must be > 0"]),
+    (lambda r: r["teachers"]["t2"].update(mix={"name": "cutmix", "alpha": -1}), "teachers.t2.mix",
+     ["alpha must be > 0"]),
+    (lambda r: r["grid"].update(loss=[{"name": "kd", "ce_weight": -0.1}]), "grid.loss[0]",
+     ["loss 'kd' rejects its parameters", "ce_weight must be ≥ 0, got -0.1"]),
+    (lambda r: r.update(include=[{"loss": {"name": "dkd", "beta": -8}}]), "include[0].loss",
+     ["beta must be ≥ 0"]),
+    (lambda r: r["grid"].update(mix=["transmix"]), "students.s1.model",
+     ["cnn_tiny cannot take mix 'transmix'", "TransMix needs a ViT student with a class token"]),
+    (lambda r: r["grid"].update(mix=[{"name": "manifold_mixup", "stages": [0, 9]}]), "students.s1.model",
+     ["cnn_tiny cannot take mix 'manifold_mixup'", "stages [0, 9]", "mixes at stages 0..3"]),
+    (lambda r: r.update(baselines=False) or r["grid"].update(mix=[{"name": "manifold_mixup", "stages": [9]}],
+                                                             mixed_view=["teacher"]),
+     "teachers.t1.model", ["cnn_wide cannot take mix 'manifold_mixup'", "stages [9]"]),  # a teacher that sees it
+    # `name:` is a label, not a path
+    (lambda r: r.update(name="../../x"), "name", ["'../../x' is a label, not a path", "`output:` or --out"]),
+    (lambda r: r.update(name="/tmp/x"), "name", ["is a label, not a path"]),
+    (lambda r: r.update(name="."), "name", ["is a label, not a path"]),
+    (lambda r: r.update(name=""), "name", ["is a label, not a path"]),
 ]
 BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
            "model-arg-range", "negative-seed",
            "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs",
            "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "pmu-range", "resizemix-mode",
            "resizemix-scale", "bool",
-           "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
+           "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type",
+           "mix-name-list", "dataset-name-list", "student-model-list", "num-classes", "train-size", "val-size",
+           "batch-size", "student-batch-size", "student-repeated", "student-name-repeated", "exclude-teacher",
+           "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "transmix-no-cls-token",
+           "manifold-stage", "manifold-stage-teacher", "name-up", "name-absolute", "name-dot", "name-empty"]
 
 
 @pytest.mark.parametrize("mutate, path, says", BAD, ids=BAD_IDS)
@@ -501,6 +547,47 @@ def test_validation_error_from_a_file_starts_with_its_path(tmp_path, mutate, pat
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{file}: {path}: ")
     assert e.value.source == str(file) and e.value.path == path
+
+
+def test_a_repeated_key_is_refused_with_its_lines(tmp_path):
+    file = write(tmp_path, "name: t\ndataset: digits\nteachers:\n  t1: {model: cnn_wide}\n  t1: {model: cnn_small}\n"
+                           "students: [cnn_tiny]\n")
+    with pytest.raises(ConfigError, match=rf"^{file}: teachers.t1: repeated \(lines 4 and 5\); YAML would keep the "
+                                          r"last silently: remove one$"):
+        load_study(file)
+    anchors = "name: t\ndataset: digits\nbase: &b {model: cnn_wide}\nteachers: {t1: *b, t2: *b}\nstudents: [cnn_tiny]\n"
+    with pytest.raises(ConfigError, match=r"base: unknown key"):  # aliases are walked once, not as repeats
+        load_study(write(tmp_path, anchors))
+
+
+def test_an_exclude_that_matches_nothing_is_a_warning():
+    with pytest.warns(StudyWarning, match=r"exclude\[1\] matches no point of the grid"):
+        parse_study(study(exclude=[{"mix": "mixup"}, {"temperature": 8}]))
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"grid": {"loss": ["ce", "kd"], "mix": ["mixup"], "seeds": [0]}},
+     "student t1→s1 (mix mixup, T 4, view student, loss ce, seed 0) = scratch s1 (mix mixup, seed 0)"),
+    ({"grid": {"mix": ["cutmix", "transmix"], "mixed_view": ["teacher"], "seeds": [0]}, "baselines": False},
+     "(mix transmix, T 4, view teacher, loss kd, seed 0) = student t1→s1 (mix cutmix, T 4, view teacher"),
+    ({"teachers": {"t1": {"model": "cnn_tiny"}}, "grid": {"seeds": [0]}},
+     "scratch s1 (mix none, seed 0) = teacher t1 (mix none, seed 0)"),
+], ids=["ce-student", "transmix-teacher-view", "teacher-is-scratch"])
+def test_runs_that_repeat_another_run_are_a_warning(overrides, says):
+    with pytest.warns(StudyWarning, match="would train what another run trains") as caught:
+        parse_study(study(**overrides))
+    assert says in str(caught[0].message)
+
+
+def test_a_study_without_repeats_warns_of_none(recwarn):
+    parse_study(study())
+    assert not [w for w in recwarn if issubclass(w.category, StudyWarning)]
+
+
+def test_warnings_are_one_line_each_on_the_command_line(tmp_path, capsys):
+    path = write(tmp_path, study(exclude=[{"temperature": 8}]))
+    assert cli.main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == f"mixkd: warning: {path}: exclude[0] matches no point of the grid\n"
 
 
 def test_file_not_found(tmp_path):
@@ -542,9 +629,10 @@ def test_model_args_are_hashed_and_timm_names_pass():
 
 
 def test_checkpoint_teacher_is_identified_by_content(tmp_path):
-    (tmp_path / "a.pth").write_bytes(b"weights")
-    (tmp_path / "b.pth").write_bytes(b"weights")
-    (tmp_path / "c.pth").write_bytes(b"other weights")
+    for name, seed in (("a.pth", 0), ("c.pth", 1)):
+        torch.manual_seed(seed)
+        torch.save({"model": create_model("cnn_wide", 10, 1, 8).state_dict()}, tmp_path / name)
+    (tmp_path / "b.pth").write_bytes((tmp_path / "a.pth").read_bytes())
 
     def teacher_id(ckpt):
         raw = study(teachers={"t1": {"model": "cnn_wide", "checkpoint": ckpt}})

@@ -99,14 +99,14 @@ def _load(name: str, files, num_classes: int, mean, std, root: Path | None, down
 
 
 @DATASETS.register()
-@input_shape(100, 3, 32)
+@input_shape(100, 3, 32, train_images=50_000)
 def cifar100(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0) -> InMemoryDataset:
     """50,000 train / 10,000 test images of 100 classes; `val_size` evaluates on images held out of train."""
     return _load("cifar100", CIFAR100_FILES, 100, CIFAR100_MEAN, CIFAR100_STD, root, download, val_size, split_seed)
 
 
 @DATASETS.register()
-@input_shape(10, 3, 32)
+@input_shape(10, 3, 32, train_images=50_000)
 def cifar10(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0) -> InMemoryDataset:
     """50,000 train / 10,000 test images of 10 classes; `val_size` evaluates on images held out of train."""
     return _load("cifar10", CIFAR10_FILES, 10, CIFAR10_MEAN, CIFAR10_STD, root, download, val_size, split_seed)

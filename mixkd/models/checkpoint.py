@@ -19,6 +19,12 @@ _PREFIX = "module."
 
 
 def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
+    model.load_state_dict(teacher_state(model, path), strict=True)
+
+
+def teacher_state(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict, once checked to load strictly into `model` (which may be on the meta
+    device: a study checks its checkpoint teachers when it is read)."""
     path = Path(path)
     if not path.is_file():
         raise MixkdError(f"teacher checkpoint not found: {path}")
@@ -33,7 +39,7 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
     problems = _mismatch_summary(model, state)
     if problems:
         raise MixkdError(f"{path}: checkpoint does not fit {type(model).__name__}: {problems}")
-    model.load_state_dict(state, strict=True)
+    return state
 
 
 def unreadable_reason(e: Exception) -> str:
