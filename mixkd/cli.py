@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import warnings
@@ -106,7 +107,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import data, losses, metrics, mixing, models, schedules
+    from . import data, models
+    from .analysis import metrics_written
+    from .registry import matching
+    from .study import KINDS
 
     if args.kind == "models":
         shape = getattr(data.DATASETS.get(args.dataset, "--dataset"), "shape", None) if args.dataset else None
@@ -117,11 +121,19 @@ def cmd_list(args) -> int:
             print(f"{name:<16} {models.count_parameters(model) / 1e6:>10.2f}")
         print("timm/<name>      any timm model, e.g. timm/deit_tiny_patch16_224")
         return 0
-    registry = {"datasets": data.DATASETS, "mixers": mixing.MIXERS, "losses": losses.LOSSES,
-                "metrics": metrics.METRICS, "schedules": schedules.SCHEDULES}[args.kind]
-    for name in registry.names(args.pattern):
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+    if args.kind == "metrics":
+        written = metrics_written()
+        for name in matching(list(written), args.pattern):
+            print(f"{name:<24} {written[name]}")
+        return 0
+    kind = KINDS[args.kind]
+    for name in kind.registry.names(args.pattern):
+        doc = (kind.registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:<16} {doc[0] if doc else ''}")
+        params = [key if default is inspect.Parameter.empty else f"{key}={default!r}"
+                  for key, default in kind.defaults(name).items()]
+        if params:
+            print(f"{'':<16} {'  '.join(params)}")
     return 0
 
 
@@ -201,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(fn=cmd_compare)
     lst = sub.add_parser("list", help="what is registered")
     lst.add_argument("kind", choices=LIST_KINDS)
-    lst.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    lst.add_argument("pattern", nargs="?", help="a part of the name, or a shell-style pattern, e.g. 'resnet*'")
     lst.add_argument("--dataset", help="models: count parameters for this dataset's classes and image size")
     lst.add_argument("--num-classes", type=int, default=100)
     lst.set_defaults(fn=cmd_list)
@@ -224,7 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="engine: also write the table as JSON, one object per row")
     bench.add_argument("--batches", type=int, default=200, help="loader: batches of 64 timed per pipeline")
     bench.set_defaults(fn=cmd_bench)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line. `list`'s PATTERN may also follow its options: argparse takes a command's positional
+    arguments in one run, so alone it would refuse `list models --dataset cifar100 'resnet*'`."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "list" and args.pattern is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.pattern = rest.pop()
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def one_line_warnings(show):
@@ -240,7 +266,7 @@ def one_line_warnings(show):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
         warnings.showwarning = one_line_warnings(warnings.showwarning)

@@ -38,12 +38,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe(spec: RunSpec) -> str:
-    c, d = spec.config, spec.config["distill"]
+    """A run as the study names it (a student by its name: two may share a model)."""
+    c, d, name = spec.config, spec.config["distill"], spec.labels["name"]
     if spec.role == "teacher":
-        return f"teacher {spec.labels['name']} mix={c['mix']['name']}"
+        return f"teacher {name} mix={c['mix']['name']}"
     if d is None:
-        return f"scratch {c['model']} mix={c['mix']['name']} seed={c['seed']}"
-    return (f"{spec.labels['teacher']}→{c['model']} mix={c['mix']['name']} T={d['temperature']:g} "
+        return f"scratch {name} mix={c['mix']['name']} seed={c['seed']}"
+    return (f"{spec.labels['teacher']}→{name} mix={c['mix']['name']} T={d['temperature']:g} "
             f"view={d['mixed_view']} seed={c['seed']}")
 
 

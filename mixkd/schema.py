@@ -138,6 +138,25 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
     return resolved
 
 
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of component a study names: its registry, how many leading arguments its caller passes (e.g.
+    images, labels and rng) and settings the caller owns (e.g. a mixing probability), with their defaults."""
+
+    registry: Registry
+    skip: int
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolve(self, spec: Any, path: str) -> dict:
+        return resolve_component(self.registry, spec, path, self.skip, self.extra)
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """Every parameter a study may give `name`, with its default (inspect.Parameter.empty: required)."""
+        params = signature_defaults(self.registry.get(name), self.skip)
+        return {**self.extra, **{key: p.default if p.default is inspect.Parameter.empty else _plain(p.default)
+                                 for key, p in params.items()}}
+
+
 def _plain(value):
     """Tuples → lists so defaults compare equal to values read from YAML."""
     return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value

@@ -29,9 +29,13 @@ from .errors import ConfigError, MixkdError, StudyWarning
 from .models import check_model_args, is_known_model, meta_model, unknown_model_message
 from .models.checkpoint import teacher_state
 from .schedules import SCHEDULES
-from .schema import coerce, from_dict, resolve_component
+from .schema import Kind, coerce, from_dict
 
 MixedView = Literal["none", "student", "teacher", "both"]
+# The components a study names, by the name `mixkd list` gives their kind; the temperature a loss is given
+# is an axis of its own, a schedule's (t, epochs) come from the run
+KINDS = {"datasets": Kind(DATASETS, skip=1), "mixers": Kind(mixing.MIXERS, skip=3, extra={"prob": 1.0}),
+         "losses": Kind(losses.LOSSES, skip=1), "schedules": Kind(SCHEDULES, skip=2)}
 ROLES = ("teacher", "scratch", "student")  # the order runs are trained in
 NO_MIX = {"name": "none", "prob": 1.0}
 
@@ -227,7 +231,7 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     if f.resources.gpus_per_run is not None:
         _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
     _positive(f.resources.cpus_per_run, "resources.cpus_per_run")
-    dataset = resolve_component(DATASETS, f.dataset, "dataset", skip=1)
+    dataset = KINDS["datasets"].resolve(f.dataset, "dataset")
     images = training_images(dataset, "dataset")
     identity = {k: v for k, v in dataset.items() if k not in RUNTIME_PARAMS}  # what the data is, not how it's fetched
     base_recipe = _recipe(f.recipe, "recipe", images=images)
@@ -380,12 +384,12 @@ def _recipe(overrides: dict, path: str, base: dict | None = None, images: int | 
         _positive(recipe[key], f"{path}.{key}", allow_zero=True)
     if not 0 <= recipe["label_smoothing"] < 1:
         raise ConfigError(f"{path}.label_smoothing", f"must be in [0, 1), got {recipe['label_smoothing']!r}")
-    recipe["schedule"] = resolve_component(SCHEDULES, recipe["schedule"], f"{path}.schedule", skip=2)
+    recipe["schedule"] = KINDS["schedules"].resolve(recipe["schedule"], f"{path}.schedule")
     return recipe
 
 
 def _mix(spec: Any, path: str) -> dict:
-    mix = resolve_component(mixing.MIXERS, spec, path, skip=3, extra={"prob": 1.0})
+    mix = KINDS["mixers"].resolve(spec, path)
     if not 0 <= mix["prob"] <= 1:
         raise ConfigError(f"{path}.prob", f"must be in [0, 1], got {mix['prob']!r}")
     _try_mixer(mix, path)
@@ -403,7 +407,7 @@ def _try_mixer(mix: dict, path: str) -> None:
 
 
 def _loss(spec: Any, path: str) -> dict:
-    loss = resolve_component(losses.LOSSES, spec, path, skip=1)  # skip the temperature: its own axis
+    loss = KINDS["losses"].resolve(spec, path)
     name, params = loss["name"], {k: v for k, v in loss.items() if k != "name"}
     try:
         losses.LOSSES.get(name)(**params)  # its parameters' ranges are the loss's own business

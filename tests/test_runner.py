@@ -155,3 +155,20 @@ def test_an_image_folder_study_trains_end_to_end(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert (runs["status"] == "complete").all() and (runs["images_per_s"] > 0).all()
     assert len(pd.read_parquet(out / "epochs.parquet")) == len(runs)
+
+
+def test_list_metrics_names_every_metric_a_study_writes(finished, capsys):
+    from mixkd.cli import main
+
+    assert main(["list", "metrics"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    written = set(pd.read_parquet(finished[1] / "metrics.parquet")["metric"])
+    assert sorted(listed) == sorted(written) and len(listed) == 23
+
+
+def test_progress_lines_name_students_by_their_name(tmp_path, capsys):
+    study = {**TINY, "teachers": {"t": {"model": "cnn_small"}}, "students": [{"model": "cnn_tiny", "name": "small"}],
+             "grid": {"mix": ["none"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
+    assert run(write(tmp_path, study), tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert " scratch small mix=none seed=0: top1 " in out and " t→small mix=none T=4 " in out

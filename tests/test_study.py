@@ -680,20 +680,47 @@ def test_cli_ls_prints_statuses(tmp_path, capsys):
                                             ("schedules", schedules.SCHEDULES)])
 def test_cli_list_prints_registered_names(capsys, kind, registry):
     assert cli.main(["list", kind]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == registry.names() and len(names) >= 3
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert (set(names) >= set(registry.names()) if kind == "metrics" else names == registry.names())
+    assert len(names) >= 3
 
 
-def test_cli_list_models_with_pattern(capsys):
-    assert cli.main(["list", "models", "resnet2*"]) == 0
+@pytest.mark.parametrize("args", [["models", "resnet2*", "--dataset", "cifar100"],
+                                  ["models", "--dataset", "cifar100", "resnet2*"]], ids=["before", "after"])
+def test_cli_list_models_with_pattern_before_or_after_the_options(capsys, args):
+    assert cli.main(["list", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines if line.startswith("resnet")] == [["resnet20", "0.28"]]
 
 
-def test_cli_list_pattern_filters(capsys):
-    assert cli.main(["list", "mixers", "*mixup"]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["manifold_mixup", "mixup"]
+@pytest.mark.parametrize("kind, pattern, names", [("mixers", "*mixup", ["manifold_mixup", "mixup"]),
+                                                  ("schedules", "cos", ["cosine"]),
+                                                  ("models", "shuffle", ["ShuffleV1", "ShuffleV2"])])
+def test_cli_list_pattern_filters_by_shell_pattern_or_substring(capsys, kind, pattern, names):
+    assert cli.main(["list", kind, pattern]) == 0
+    printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1 if kind == "models" else 0:]
+               if line and not line.startswith((" ", "timm/"))]
+    assert printed == names
+
+
+@pytest.mark.parametrize("kind, name, says", [
+    ("mixers", "pmu", "prob=1.0  alpha=1.0  mixed_fraction=0.1  reference_sampling=False"),
+    ("mixers", "manifold_mixup", "prob=1.0  alpha=2.0  stages=[0, 1, 2]  per_sample=False"),
+    ("losses", "kd", "ce_weight=0.1  kd_weight=0.9"),
+    ("schedules", "multistep", "milestones=[150, 180, 210]  gamma=0.1"),
+    ("datasets", "cifar100", "download=False  val_size=0  split_seed=0"),
+])
+def test_cli_list_shows_each_components_parameters_and_defaults(capsys, kind, name, says):
+    assert cli.main(["list", kind, name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[0] == name)  # `kd` also finds dkd and std_kd
+    assert lines[at + 1].split() == says.split()
+
+
+def test_cli_debug_is_taken_after_the_command_too(tmp_path):
+    path = write(tmp_path, study(grid={"mixed_view": ["studnet"]}))
+    with pytest.raises(ConfigError, match="studnet"):
+        cli.main(["run", str(path), "--dry-run", "--debug"])
 
 
 @pytest.mark.parametrize("command", ["run", "ls", "report"])
