@@ -126,12 +126,14 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
         resolved[key] = coerce(spec.get(key, default), type(default), f"{path}.{key}")
     for key, p in params.items():
         if key in spec:
-            resolved[key] = _coerce_like(spec[key], p, hints.get(key), f"{path}.{key}")
+            value = _coerce_like(spec[key], p, hints.get(key), f"{path}.{key}")
         elif p.default is inspect.Parameter.empty:
             raise ConfigError(f"{path}.{key}", f"is required by {registry.kind} {name!r}")
         else:
-            resolved[key] = _plain(p.default)
-    unknown = [k for k in spec if k not in resolved]
+            value = _plain(p.default)
+        if value is not None or p.default is not None:  # an optional parameter left unset stays out: so adding
+            resolved[key] = value                        # one to a component changes no run id
+    unknown = [k for k in spec if k != "name" and k not in params and k not in (extra or {})]
     if unknown:
         allowed = ", ".join(["name", *(extra or {}), *params])
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown parameter of {registry.kind} {name!r}; allowed: {allowed}")

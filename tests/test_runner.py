@@ -172,3 +172,15 @@ def test_progress_lines_name_students_by_their_name(tmp_path, capsys):
     assert run(write(tmp_path, study), tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert " scratch small mix=none seed=0: top1 " in out and " t→small mix=none T=4 " in out
+
+
+@pytest.mark.cifar
+def test_a_cifar_study_on_a_training_subset_runs_quickly(cifar_root, tmp_path):
+    study = {**TINY, "dataset": {"name": "cifar100", "train_size": 500, "val_size": 100},
+             "teachers": {"t": {"model": "cnn_small"}}, "grid": {"mix": ["mixup"], "seeds": [0]},
+             "recipe": {**TINY["recipe"], "epochs": 1, "batch_size": 64, "eval_batch_size": 100}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out, "--data-root", str(cifar_root)) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["status"] == "complete").all() and (runs["dataset_train_size"] == 500).all()
+    assert (runs["eval_split"] == "val").all()

@@ -398,6 +398,13 @@ def test_labels_are_not_hashed():
     assert ids(parse_study(renamed)) == ids(parse_study(study()))
 
 
+def test_train_size_is_part_of_the_id_and_absent_changes_no_id():
+    plain, absent = (parse_study(study(dataset=d)) for d in ("cifar100", {"name": "cifar100", "train_size": None}))
+    assert ids(plain) == ids(absent) and "train_size" not in plain.dataset
+    subset = parse_study(study(dataset={"name": "cifar100", "train_size": "1e3"}))
+    assert subset.dataset["train_size"] == 1000 and not set(ids(subset)) & set(ids(plain))
+
+
 def test_download_flag_does_not_change_ids():
     assert ids(parse_study(study(dataset={"name": "cifar100", "download": True}))) == \
         ids(parse_study(study(dataset="cifar100")))
@@ -485,6 +492,10 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(dataset={"name": "synthetic", "train_size": 0}), "dataset.train_size", ["must be ≥ 1"]),
     (lambda r: r.update(dataset={"name": "digits", "val_size": 1437}), "dataset.val_size",
      ["must be less than the 1437 training images of digits, got 1437"]),
+    (lambda r: r.update(dataset={"name": "cifar100", "train_size": 45001, "val_size": 5000}), "dataset.train_size",
+     ["must be at most the 45000 training images left after val_size 5000, got 45001"]),
+    (lambda r: r.update(dataset={"name": "cifar10", "train_size": 64}) or r["recipe"].update(batch_size=128),
+     "recipe.batch_size", ["at most the 64 images the dataset trains on"]),
     (lambda r: r["recipe"].update(batch_size=1500), "recipe.batch_size",
      ["must be at most the 1437 images the dataset trains on, got 1500"]),
     (lambda r: r["students"]["s2"].update(recipe={"batch_size": 1500}), "students.s2.recipe.batch_size",
@@ -523,7 +534,7 @@ BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher"
            "resizemix-scale", "bool",
            "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type",
            "mix-name-list", "dataset-name-list", "student-model-list", "num-classes", "train-size", "val-size",
-           "batch-size", "student-batch-size", "student-repeated", "student-name-repeated", "exclude-teacher",
+           "cifar-train-size", "cifar-train-size-batch", "batch-size", "student-batch-size", "student-repeated", "student-name-repeated", "exclude-teacher",
            "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "transmix-no-cls-token",
            "manifold-stage", "manifold-stage-teacher", "name-up", "name-absolute", "name-dot", "name-empty"]
 
@@ -708,7 +719,7 @@ def test_cli_list_pattern_filters_by_shell_pattern_or_substring(capsys, kind, pa
     ("mixers", "manifold_mixup", "prob=1.0  alpha=2.0  stages=[0, 1, 2]  per_sample=False"),
     ("losses", "kd", "ce_weight=0.1  kd_weight=0.9"),
     ("schedules", "multistep", "milestones=[150, 180, 210]  gamma=0.1"),
-    ("datasets", "cifar100", "download=False  val_size=0  split_seed=0"),
+    ("datasets", "cifar100", "download=False  val_size=0  split_seed=0  train_size=None"),
 ])
 def test_cli_list_shows_each_components_parameters_and_defaults(capsys, kind, name, says):
     assert cli.main(["list", kind, name]) == 0
