@@ -152,11 +152,11 @@ class RunDir:
 
     def check_usable(self) -> None:
         """Fail in one line when the directory (or `runs/` above it) is a file, or its lock a folder."""
-        for path, what in ((self.path.parent, "its run directories"), (self.path, "a run's directory"),
-                           (self.path / LOCK, "a run's lock file")):
-            if path.exists() and path.is_dir() != (path.name != LOCK):
-                raise MixkdError(f"{path} is a {'folder' if path.is_dir() else 'file'} where mixkd keeps {what}: "
-                                 f"move it aside")
+        for path, folder, what in ((self.path.parent, True, "its run directories"),
+                                   (self.path, True, "a run's directory"), (self.path / LOCK, False, "a run's lock")):
+            if path.exists() and path.is_dir() != folder:
+                raise MixkdError(f"{path} is a {'file' if folder else 'folder'} where mixkd keeps {what}: move it "
+                                 f"aside")
 
     def status(self) -> str:
         summary = self.read_summary()

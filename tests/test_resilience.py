@@ -269,7 +269,8 @@ def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_pa
 
     monkeypatch.setattr(RunDir, "wait_until_released", dies_while_waited_for)
     assert run(path, out) == 0
-    assert f"teacher run {teacher.run_id} is running and no runner holds it: training it here" in capsys.readouterr().out
+    taken_over = f"teacher run {teacher.run_id} is running and no runner holds it: training it here"
+    assert taken_over in capsys.readouterr().out
     assert all(s["status"] == "complete" for s in summaries(out, load_study(path)).values())
 
 

@@ -534,7 +534,8 @@ BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher"
            "resizemix-scale", "bool",
            "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type",
            "mix-name-list", "dataset-name-list", "student-model-list", "num-classes", "train-size", "val-size",
-           "cifar-train-size", "cifar-train-size-batch", "batch-size", "student-batch-size", "student-repeated", "student-name-repeated", "exclude-teacher",
+           "cifar-train-size", "cifar-train-size-batch", "batch-size", "student-batch-size", "student-repeated",
+           "student-name-repeated", "exclude-teacher",
            "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "transmix-no-cls-token",
            "manifold-stage", "manifold-stage-teacher", "name-up", "name-absolute", "name-dot", "name-empty"]
 
@@ -566,7 +567,7 @@ def test_a_repeated_key_is_refused_with_its_lines(tmp_path):
     with pytest.raises(ConfigError, match=rf"^{file}: teachers.t1: repeated \(lines 4 and 5\); YAML would keep the "
                                           r"last silently: remove one$"):
         load_study(file)
-    anchors = "name: t\ndataset: digits\nbase: &b {model: cnn_wide}\nteachers: {t1: *b, t2: *b}\nstudents: [cnn_tiny]\n"
+    anchors = "name: t\ndataset: digits\nbase: &b {model: cnn_wide}\nteachers: {t1: *b, t2: *b}\nstudents: [a]\n"
     with pytest.raises(ConfigError, match=r"base: unknown key"):  # aliases are walked once, not as repeats
         load_study(write(tmp_path, anchors))
 
