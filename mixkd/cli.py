@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import MixkdError
+from .errors import MixkdError, StudyWarning
 
 DEFAULT_STUDY = "quickstart"
 LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules")
@@ -118,7 +120,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import data, losses, metrics, mixing, models, schedules
+    from . import data, models
+    from .analysis import metrics_written
+    from .registry import matching
+    from .study import KINDS
 
     if args.kind == "models":
         shape = getattr(data.DATASETS.get(args.dataset, "--dataset"), "shape", None) if args.dataset else None
@@ -129,11 +134,19 @@ def cmd_list(args) -> int:
             print(f"{name:<16} {models.count_parameters(model) / 1e6:>10.2f}")
         print("timm/<name>      any timm model, e.g. timm/deit_tiny_patch16_224")
         return 0
-    registry = {"datasets": data.DATASETS, "mixers": mixing.MIXERS, "losses": losses.LOSSES,
-                "metrics": metrics.METRICS, "schedules": schedules.SCHEDULES}[args.kind]
-    for name in registry.names(args.pattern):
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+    if args.kind == "metrics":
+        written = metrics_written()
+        for name in matching(list(written), args.pattern):
+            print(f"{name:<24} {written[name]}")
+        return 0
+    kind = KINDS[args.kind]
+    for name in kind.registry.names(args.pattern):
+        doc = (kind.registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:<16} {doc[0] if doc else ''}")
+        params = [key if default is inspect.Parameter.empty else f"{key}={default!r}"
+                  for key, default in kind.defaults(name).items()]
+        if params:
+            print(f"{'':<16} {'  '.join(params)}")
     return 0
 
 
@@ -214,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(fn=cmd_compare)
     lst = sub.add_parser("list", help="what is registered")
     lst.add_argument("kind", choices=LIST_KINDS)
-    lst.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    lst.add_argument("pattern", nargs="?", help="a part of the name, or a shell-style pattern, e.g. 'resnet*'")
     lst.add_argument("--dataset", help="models: count parameters for this dataset's classes and image size")
     lst.add_argument("--num-classes", type=int, default=100)
     lst.set_defaults(fn=cmd_list)
@@ -237,18 +250,60 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="engine: also write the table as JSON, one object per row")
     bench.add_argument("--batches", type=int, default=200, help="loader: batches of 64 timed per pipeline")
     bench.set_defaults(fn=cmd_bench)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line. `list`'s PATTERN may also follow its options: argparse takes a command's positional
+    arguments in one run, so alone it would refuse `list models --dataset cifar100 'resnet*'`."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "list" and args.pattern is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.pattern = rest.pop()
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def one_line_warnings(show):
+    """Python's `show` of a warning, but a study's warnings in one line each, like its errors."""
+
+    def showwarning(message, category, *args, **kwargs):
+        if issubclass(category, StudyWarning):
+            print(f"mixkd: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StudyWarning)
+        warnings.showwarning = one_line_warnings(warnings.showwarning)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
+        return status
     except MixkdError as e:
         if args.debug:
             raise
         print(f"mixkd: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nmixkd: interrupted; finished runs and checkpoints are kept: the same command resumes",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mixkd ls | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush finds no pipe
+        return 141
 
 
 if __name__ == "__main__":

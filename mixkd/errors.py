@@ -15,3 +15,7 @@ class ConfigError(MixkdError):
         self.path, self.source = path, source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{path}: {message}")
+
+
+class StudyWarning(UserWarning):
+    """Something in a study file that is allowed but probably not meant: the CLI prints it in one line."""

@@ -8,12 +8,13 @@ per-run locks, resuming from checkpoints and recording failures behave the same 
 from __future__ import annotations
 
 import os
+import signal
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from typing import Callable, Iterator
-
 
 from .errors import MixkdError
 from .registry import Registry
@@ -68,17 +69,38 @@ def _process_pool(todo: list[Group], job: Job, workers: int) -> Iterator[dict]:
     spawn = get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=take_a_gpu,
                                initargs=(spawn.Value("i", 0), visible_gpus()))
+    running: dict = {}
+
+    def submit(groups: list[Group]) -> None:
+        with interrupts_ignored():  # workers start within submit()
+            running.update({pool.submit(run_in_worker, job, group): group for group in groups})
+
     try:
-        running = {pool.submit(run_in_worker, job, group): group for group in ready}
+        submit(ready)
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 group = running.pop(future)
                 yield from future.result()
                 for spec in group:
-                    running.update({pool.submit(run_in_worker, job, g): g for g in waiting.pop(spec.run_id, [])})
+                    submit(waiting.pop(spec.run_id, []))
     finally:
+        if running:  # stopped early (Ctrl-C, a full disk): end the workers' runs, which resume from checkpoints
+            for worker in active_children():
+                worker.terminate()
         pool.shutdown(cancel_futures=True)
+
+
+@contextmanager
+def interrupts_ignored():
+    """Processes started in this block ignore Ctrl-C for good (Python keeps an inherited SIG_IGN), so only this
+    process handles it and ends them. A worker interrupted itself, in the middle of an import say, would go on
+    to its next run broken, and record that run failed."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def visible_gpus() -> list[str]:

@@ -29,6 +29,13 @@ class LossInputs:
     epoch: int  # 1-based, for warm-ups
 
 
+def non_negative(**weights: float) -> None:
+    """A negative weight would ascend its loss part: refused where a study names it."""
+    for name, value in weights.items():
+        if value < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {value!r}")
+
+
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy against a distribution; equals F.cross_entropy for one-hot targets."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -64,6 +71,7 @@ class KD:
     uses_teacher = True
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
+        non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 
     def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
@@ -99,6 +107,7 @@ class StdKD:
     uses_teacher = True
 
     def __init__(self, temperature: float = 1.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
+        non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 
     def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
@@ -147,6 +156,7 @@ class DKD:
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0,
                  warmup: int = 20):
+        non_negative(ce_weight=ce_weight, alpha=alpha, beta=beta, warmup=warmup)
         self.temperature, self.ce_weight, self.alpha, self.beta, self.warmup = (
             temperature, ce_weight, alpha, beta, warmup)
 

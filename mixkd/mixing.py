@@ -23,6 +23,10 @@ from .errors import ConfigError
 from .registry import Registry
 
 MIXERS: Registry = Registry("mixer")
+# What a mixer needs of a model its mix is applied to, checked on the meta device when a study is read:
+# name → check(model, relabels, **params) raising ValueError; relabels: the mix's labels may come from this
+# model's forward (it is the model trained, and it sees the mixed batch)
+MODEL_NEEDS: Registry = Registry("model check")
 
 
 @dataclass
@@ -76,9 +80,10 @@ def identity(x: Tensor, y: Tensor) -> MixResult:
 
 
 def draw_lam(rng: np.random.Generator, alpha: float, n: int, per_sample: bool) -> np.ndarray:
-    """λ ~ Beta(α, α), one per batch (repeated) or one per sample; α ≤ 0 means no mixing (λ = 1)."""
-    if alpha <= 0:
-        return np.ones(n)
+    """λ ~ Beta(α, α), one per batch (repeated) or one per sample. α must be > 0: a mixer that did not mix
+    would still train under its own label (`mix: none`, or `prob`, say that)."""
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 (λ ~ Beta(α, α)), got {alpha!r}; no mixing is mix: none")
     return rng.beta(alpha, alpha, size=n) if per_sample else np.full(n, rng.beta(alpha, alpha))
 
 
@@ -166,6 +171,13 @@ def manifold_mixup(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float 
     index = partners(rng, len(y), x)
     lam = on_device(draw_lam(rng, alpha, len(y), per_sample), x, x.dtype)
     return MixResult(x, y, y[index], lam, index, stage=int(stages[rng.integers(len(stages))]))
+
+
+@MODEL_NEEDS.register("manifold_mixup")
+def _has_stages(model, relabels: bool, stages: Sequence[int] = (0, 1, 2), **_) -> None:
+    if not all(0 <= s <= model.num_stages for s in stages):
+        raise ValueError(f"it mixes in front of stages {list(stages)}, and {type(model).__name__} mixes at stages "
+                         f"0..{model.num_stages}")
 
 
 def boxes(rng: np.random.Generator, cut: np.ndarray, h: int, w: int) -> tuple[np.ndarray, ...]:

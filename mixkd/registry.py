@@ -19,6 +19,15 @@ class UnknownNameError(MixkdError):
     pass
 
 
+def matching(names: list[str], pattern: str | None) -> list[str]:
+    """The `names` a `mixkd list` PATTERN picks: as a shell pattern when it has wildcards, else as a substring;
+    either way ignoring case (`list models resnet` finds ResNet18)."""
+    if not pattern:
+        return names
+    glob = (pattern if any(c in pattern for c in "*?[") else f"*{pattern}*").lower()
+    return [n for n in names if fnmatch.fnmatchcase(n.lower(), glob)]
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
@@ -48,8 +57,7 @@ class Registry(Generic[T]):
                 f"registered: {', '.join(self.names()[:40])}{' ...' if len(self) > 40 else ''}")
 
     def names(self, pattern: str | None = None) -> list[str]:
-        names = sorted(self._entries)
-        return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+        return matching(sorted(self._entries), pattern)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +38,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe(spec: RunSpec) -> str:
-    c, d = spec.config, spec.config["distill"]
+    """A run as the study names it (a student by its name: two may share a model)."""
+    c, d, name = spec.config, spec.config["distill"], spec.labels["name"]
     if spec.role == "teacher":
-        return f"teacher {spec.labels['name']} mix={c['mix']['name']}"
+        return f"teacher {name} mix={c['mix']['name']}"
     if d is None:
-        return f"scratch {c['model']} mix={c['mix']['name']} seed={c['seed']}"
-    return (f"{spec.labels['teacher']}→{c['model']} mix={c['mix']['name']} T={d['temperature']:g} "
+        return f"scratch {name} mix={c['mix']['name']} seed={c['seed']}"
+    return (f"{spec.labels['teacher']}→{name} mix={c['mix']['name']} T={d['temperature']:g} "
             f"view={d['mixed_view']} seed={c['seed']}")
 
 
@@ -68,13 +69,16 @@ def first_difference(saved, resolved, path: str = "") -> tuple[str, object, obje
 
 
 def check_saved_configs(study: Study, out: Path) -> None:
-    """Refuse to resume or skip a run whose directory was trained with another config than its id names.
+    """Refuse run directories mixkd cannot use (damaged files, a file for a folder) and any whose run was
+    trained with another config than its id names, to resume or skip.
 
-    Ids hash the resolved config, so this only happens when mixkd's defaults or resolution changed, or a
+    Ids hash the resolved config, so the latter only happens when mixkd's defaults or resolution changed, or a
     directory was copied or edited; its results would silently stand for a config they were not run with.
     """
     for spec in study.runs:
         rundir = RunDir(out, spec.run_id)
+        rundir.check_usable()
+        rundir.read_summary()
         saved = rundir.read_config()
         diff = first_difference(saved, spec.config) if saved is not None else None
         if diff:
@@ -82,6 +86,22 @@ def check_saved_configs(study: Study, out: Path) -> None:
             raise MixkdError(f"run {spec.run_id}: {rundir.path}/config.yaml has {field_path}={saved!r} but the study "
                              f"resolves it to {resolved!r}, so the id no longer names one config (mixkd's defaults "
                              f"changed, or the directory was copied or edited); move {rundir.path} aside to retrain it")
+
+
+def reopen_damaged(study: Study, out: Path) -> None:
+    """Complete runs that lack part of what they wrote (a line of their epoch log, their analyses: cut or deleted
+    by something else) are done again, saying so, rather than leave their rows out of the tables without a word:
+    from their last checkpoint when the log is whole, else from the start."""
+    for spec in study.runs:
+        rundir = RunDir(out, spec.run_id)
+        if rundir.status() != "complete":
+            continue
+        problem = rundir.damage(spec.config["recipe"]["epochs"] if spec.config["recipe"] else 0)
+        if problem:
+            with rundir.claim() as held:
+                if held:
+                    print(f"run {spec.run_id}: {problem}; running it again", flush=True)
+                    rundir.reopen()
 
 
 @dataclass
@@ -123,13 +143,36 @@ class RunContext:
             return None
         tid = spec.config["distill"]["teacher"]
         if tid not in self._teachers:
-            rundir = RunDir(self.out, tid)
-            wait_for_other_runner(rundir, f"teacher run {tid}")
-            if rundir.status() != "complete":
-                raise MixkdError(f"teacher run {tid} is {rundir.status()}; its students cannot train")
-            model = rundir.load_model(build_model(self.specs[tid].config, self.data))
+            model = self._finished_teacher(tid)
             self._teachers[tid] = self.engine.compiled(self.engine.prepare(model).eval())
         return self._teachers[tid]
+
+    def _finished_teacher(self, tid: str) -> torch.nn.Module:
+        """Teacher run `tid`'s model once the run is complete: waited for while another runner trains it, and
+        trained here when none does (the runner that started it died, or its checkpoint is gone), so its
+        students are never failed for it. Raises TeacherNotReady when the teacher failed."""
+        rundir, trained_here = RunDir(self.out, tid), False
+        while True:
+            wait_for_other_runner(rundir, f"teacher run {tid}")
+            status = rundir.status()
+            if status == "complete" and (model := rundir.load_model(build_model(self.specs[tid].config,
+                                                                                self.data))) is not None:
+                return model
+            if status == "failed" or trained_here:
+                raise TeacherNotReady(f"teacher run {tid} is {status}: its students stay pending until it is "
+                                      f"complete (--retry-failed reruns it)")
+            print(f"teacher run {tid} is {status}{' without a checkpoint' if status == 'complete' else ''} and no "
+                  f"runner holds it: training it here", flush=True)
+            with rundir.claim() as held:
+                if held and status == "complete":
+                    rundir.reopen()
+            (summary,) = execute_group([self.specs[tid]], self)
+            print(progress_line(self.specs[tid], summary), flush=True)
+            trained_here = summary["status"] != "skipped"  # skipped: another runner claimed it meanwhile
+
+
+class TeacherNotReady(MixkdError):
+    """A student's teacher failed: the student is left to do, not failed, since nothing is wrong with it."""
 
 
 def wait_for_other_runner(rundir: RunDir, what: str) -> None:
@@ -177,19 +220,21 @@ def failure(e: BaseException) -> dict:
 
 def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
     started, clock = now(), time.perf_counter()
-    ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
-    for spec, rundir in runs:
-        rundir.start(spec.config, spec.labels, spec.run_id)
-    lead = runs[0][0]
+    lead, teacher = runs[0][0], None
     try:
+        teacher = ctx.teacher(lead)  # before any run starts: this runner may have to train the teacher first
+        started, clock = now(), time.perf_counter()
+        ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
+        for spec, rundir in runs:
+            rundir.start(spec.config, spec.labels, spec.run_id)
         if "checkpoint" in lead.labels:  # an imported teacher is a group of one
             outcomes = [import_teacher(lead.config, lead.labels["checkpoint"], ctx.data, ctx.device, runs[0][1])]
-            teacher = None
         else:
-            teacher = ctx.teacher(lead)
             members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
                                   describe(lead), ctx.job.checkpoint_every)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
+    except TeacherNotReady as e:
+        return [skipped(spec, str(e)) for spec, _ in runs]
     except STOPS_THE_STUDY:
         raise
     except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
@@ -230,20 +275,23 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     run = EXECUTORS.get(executor, "--executor")
     check_writable(job.out)
     check_saved_configs(job.study, job.out)
+    reopen_damaged(job.study, job.out)
     todo = pending_runs(job.study, job.out, job.retry_failed)
-    if not todo:
-        return []
     ctx = RunContext(job)
     groups = lockstep_groups(todo, ctx.engine.lockstep)
-    summaries = run(groups, ctx, ExecutorOptions(workers, address))  # checks the options; starts nothing yet
-    preflight(todo, ctx)
-    specs, trained = ctx.specs, []
-    bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)
-    for i, summary in enumerate(summaries, 1):
-        spec = specs[summary["run_id"]]
-        if summary["status"] != "skipped":
-            trained.append(spec)
-        bar.update()
-        bar.write(f"[{i}/{len(todo)}] {progress_line(spec, summary)}", file=sys.stdout)
-    bar.close()
+    # checks the options, with or without work to do, and starts nothing yet; closed however this ends, so
+    # that an interrupt ends the workers too
+    with closing(run(groups, ctx, ExecutorOptions(workers, address))) as summaries:
+        if not todo:
+            return []
+        preflight(todo, ctx)
+        specs, trained = ctx.specs, []
+        bar = tqdm(total=len(todo), unit="run", desc=job.study.name, disable=None, dynamic_ncols=True)
+        for i, summary in enumerate(summaries, 1):
+            spec = specs[summary["run_id"]]
+            if summary["status"] != "skipped":
+                trained.append(spec)
+            bar.update()
+            bar.write(f"[{i}/{len(todo)}] {progress_line(spec, summary)}", file=sys.stdout)
+        bar.close()
     return trained

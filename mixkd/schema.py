@@ -117,7 +117,7 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(path, f"expected a name or a mapping with 'name', got {spec!r}")
     name = spec["name"]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{path}.name", registry.unknown_message(name))
     params = signature_defaults(registry.get(name), skip)
     hints = _type_hints(registry.get(name))
@@ -126,16 +126,37 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
         resolved[key] = coerce(spec.get(key, default), type(default), f"{path}.{key}")
     for key, p in params.items():
         if key in spec:
-            resolved[key] = _coerce_like(spec[key], p, hints.get(key), f"{path}.{key}")
+            value = _coerce_like(spec[key], p, hints.get(key), f"{path}.{key}")
         elif p.default is inspect.Parameter.empty:
             raise ConfigError(f"{path}.{key}", f"is required by {registry.kind} {name!r}")
         else:
-            resolved[key] = _plain(p.default)
-    unknown = [k for k in spec if k not in resolved]
+            value = _plain(p.default)
+        if value is not None or p.default is not None:  # an optional parameter left unset stays out: so adding
+            resolved[key] = value                        # one to a component changes no run id
+    unknown = [k for k in spec if k != "name" and k not in params and k not in (extra or {})]
     if unknown:
         allowed = ", ".join(["name", *(extra or {}), *params])
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown parameter of {registry.kind} {name!r}; allowed: {allowed}")
     return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of component a study names: its registry, how many leading arguments its caller passes (e.g.
+    images, labels and rng) and settings the caller owns (e.g. a mixing probability), with their defaults."""
+
+    registry: Registry
+    skip: int
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolve(self, spec: Any, path: str) -> dict:
+        return resolve_component(self.registry, spec, path, self.skip, self.extra)
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """Every parameter a study may give `name`, with its default (inspect.Parameter.empty: required)."""
+        params = signature_defaults(self.registry.get(name), self.skip)
+        return {**self.extra, **{key: p.default if p.default is inspect.Parameter.empty else _plain(p.default)
+                                 for key, p in params.items()}}
 
 
 def _plain(value):

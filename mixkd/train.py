@@ -27,7 +27,7 @@ from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .models import create_model
 from .models.checkpoint import load_teacher_checkpoint
-from .rundir import CHECKPOINT, NoSpaceLeft, RunDir
+from .rundir import CHECKPOINT, EPOCHS, NoSpaceLeft, RunDir
 from .schedules import lr_factor
 
 
@@ -122,20 +122,24 @@ class Member:
     def resume(self) -> None:
         """Restore the run's last checkpoint, if any, and cut its epoch log back to it."""
         state = self.rundir.training_state()
+        if state is not None:
+            written_on, device = state.get("device", "cpu"), self.engine.device.type
+            if written_on != device:
+                raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the "
+                                 f"data order and augmentation streams it continues live there: resume it with "
+                                 f"--device {written_on} (and --retry-failed), or delete "
+                                 f"{self.rundir.path / CHECKPOINT} to train it afresh on {device}")
+            if not self.rundir.truncate_epochs(state["epoch"]):
+                print(f"{self.rundir.path / EPOCHS} lacks some of epochs 1 to {state['epoch']}, which its "
+                      f"checkpoint follows: training the run again from the start", flush=True)
+                state = None
         if state is None:
             self.rundir.truncate_epochs(0)
             return
-        written_on, device = state.get("device", "cpu"), self.engine.device.type
-        if written_on != device:
-            raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the data "
-                             f"order and augmentation streams it continues live there: resume it with --device "
-                             f"{written_on} (and --retry-failed), or delete {self.rundir.path / CHECKPOINT} to "
-                             f"train it afresh on {device}")
         self.model.load_state_dict(state["model"])
         self.load_optimizer(state["optimizer"])
         self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
         self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
-        self.rundir.truncate_epochs(state["epoch"])
         self.progress = Progress.from_checkpoint(state)
         self.resumed_from = self.progress.epoch
 
@@ -206,7 +210,7 @@ class Member:
     def result(self, data, group_size: int) -> dict:
         p, epochs = self.progress, self.recipe["epochs"]
         return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
-                "train_seconds": p.seconds, "images_per_s": epochs * len(data.train_y) / p.seconds,
+                "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
                 "lockstep_size": group_size, **self.engine.record()}
 
@@ -258,7 +262,7 @@ def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, de
         rng.bit_generator.state = members[0].shared_rng["mixing"]
     group = Lockstep(members, mixer, rng, teacher, engine)
     eval_loaders = {b: data.eval_loader(b, engine.device) for b in {m.recipe["eval_batch_size"] for m in members}}
-    start, n = members[0].progress.epoch, len(data.train_y)
+    start, n = members[0].progress.epoch, data.num_train_images
     if len(members) > 1:
         desc = f"{desc} +{len(members) - 1} in lockstep"
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MixkdError
-from .mixing import MIXERS, MixResult, cutmix
+from .mixing import MIXERS, MODEL_NEEDS, MixResult, cutmix
 
 
 @dataclass
@@ -60,6 +60,13 @@ def transmix(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0,
     λ stays the area ratio until `TransMixResult.relabel` is given the student's class attention."""
     mix = cutmix(x, y, rng, alpha=alpha, per_sample=per_sample)
     return TransMixResult(**{f.name: getattr(mix, f.name) for f in fields(MixResult)})
+
+
+@MODEL_NEEDS.register("transmix")
+def _attends(model: nn.Module, relabels: bool, **_) -> None:
+    """A model whose forward relabels the mix needs a class token's attention; others see a CutMix batch."""
+    if relabels:
+        ClassAttention(model)
 
 
 class ClassAttention:

@@ -226,6 +226,22 @@ def test_cifar100_val_split(cifar100, cifar_root):
 
 
 @pytest.mark.cifar
+def test_cifar100_train_size_is_a_stratified_seeded_subset_of_the_training_split(cifar100, cifar_root):
+    small = create_dataset("cifar100", cifar_root, train_size=1000)
+    assert len(small.train_y) == 1000 and torch.equal(torch.bincount(small.train_y), torch.full((100,), 10))
+    assert torch.equal(small.eval_x, cifar100.eval_x) and small.eval_split == "test"  # the test set untouched
+    assert set(multiset(small.train_x, small.train_y)) <= set(multiset(cifar100.train_x, cifar100.train_y))
+    again, smaller = (create_dataset("cifar100", cifar_root, train_size=n) for n in (1000, 500))
+    assert torch.equal(again.train_x, small.train_x)  # seeded: the same images every time
+    assert set(multiset(smaller.train_x, smaller.train_y)) <= set(multiset(small.train_x, small.train_y))
+    other = create_dataset("cifar100", cifar_root, train_size=1000, split_seed=1)
+    assert not torch.equal(other.train_x, small.train_x)
+    held = create_dataset("cifar100", cifar_root, train_size=1000, val_size=5000)  # drawn from what val leaves
+    assert len(held.train_y) == 1000 and len(held.eval_y) == 5000 and held.eval_split == "val"
+    assert not set(multiset(held.train_x, held.train_y)) & set(multiset(held.eval_x, held.eval_y))
+
+
+@pytest.mark.cifar
 def test_cifar100_missing_or_corrupt_files(cifar_root, tmp_path):
     with pytest.raises(MixkdError, match="data root"):
         create_dataset("cifar100")

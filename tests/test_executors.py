@@ -66,6 +66,13 @@ def test_executor_options_that_do_not_fit_are_one_line_errors(tmp_path, capsys, 
     assert not (tmp_path / "out" / "runs").exists()
 
 
+@pytest.mark.parametrize("args", [["--address", "auto"], ["--executor", "ray", "--workers", "2"]])
+def test_executor_options_that_do_not_fit_are_refused_with_nothing_to_do_too(sequential, capsys, args):
+    path, finished = sequential
+    assert run(path, finished, *args) == 2
+    assert capsys.readouterr().err.startswith("mixkd: error: --")
+
+
 def test_resources_are_validated_and_change_no_run_id(tmp_path):
     ids = [r.run_id for r in load_study(write(tmp_path, STUDY)).runs]
     path = write(tmp_path, {**STUDY, "resources": {"gpus_per_run": 0.25, "cpus_per_run": 2}})

@@ -4,6 +4,7 @@ import builtins
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,20 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_identical_resu
         pd.testing.assert_frame_equal(got, want)
 
 
+def test_ctrl_c_with_workers_fails_no_run_prints_no_traceback_and_the_study_resumes(tmp_path):
+    path, out = write(tmp_path, LONG), tmp_path / "out"
+    study = load_study(path)
+    runner = subprocess.Popen([*mixkd_command(path, out), "--workers", "2"], env=subprocess_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    poll(lambda: any((RunDir(out, r.run_id).path / "checkpoint.pt").exists() for r in study.runs
+                     if r.role != "teacher"), runner, "a run other than the teacher with a checkpoint")
+    os.killpg(runner.pid, signal.SIGINT)  # Ctrl-C: the terminal interrupts the whole process group
+    log = runner.communicate(timeout=TIMEOUT)[0]
+    assert runner.returncode == 130 and "Traceback" not in log and "mixkd: interrupted" in log, log
+    assert not any(s and s["status"] == "failed" for s in summaries(out, study).values())
+    assert run(path, out) == 0
+
+
 def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path):
     rundir = RunDir(tmp_path, "run")
     rundir.start({"model": "cnn_tiny"}, {}, "run")
@@ -116,6 +131,88 @@ def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path)
     rundir.truncate_epochs(1)  # what resuming from the epoch-1 checkpoint does
     rundir.log_epoch({"epoch": 2, "train_loss": 0.4})
     assert [r["epoch"] for r in rundir.read_epochs()] == [1, 2]
+
+
+def cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[:text.rstrip("\n").rindex("\n") + 10])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study with 2 epochs a run, trained once: (its file, its output folder), for tests to copy."""
+    tmp = tmp_path_factory.mktemp("finished")
+    path = write(tmp, {**TINY, "recipe": RECIPE})
+    assert run(path, tmp / "out") == 0
+    return path, tmp / "out"
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda rundir: cut_last_line(rundir.path / "epochs.jsonl"), "epochs.jsonl: line 2 is not an epoch record"),
+    (lambda rundir: (rundir.path / "analysis.parquet").unlink(), "analysis.parquet is missing"),
+    (lambda rundir: (rundir.path / "epochs.jsonl").write_text('{"epoch": 1, "lr": 0.\n{"epoch": 2}\n'),
+     "epochs.jsonl: line 1 is not an epoch record"),
+], ids=["epoch-line-cut", "analysis-deleted", "epoch-line-garbled"])
+def test_a_complete_run_that_lost_data_is_said_and_done_again(finished, tmp_path, capsys, damage, says):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    damaged = load_study(path).runs[-1]
+    damage(RunDir(out, damaged.run_id))
+    assert_one_line_error(capsys, ["report", str(path), "--out", str(out)], says)  # no table silently short
+    assert run(path, out) == 0
+    assert f"run {damaged.run_id}: " in capsys.readouterr().out
+    for got, want in zip(comparable(out), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
+    tables = [pd.read_parquet(folder / "metrics.parquet") for folder in (out, reference)]
+    pd.testing.assert_frame_equal(*tables)
+
+
+def replace_with_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("")
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda out, rundir: (rundir / "config.yaml").write_text("config: [1"), "config.yaml: not a run config"),
+    (lambda out, rundir: (rundir / "config.yaml").write_text("[1]"), "config.yaml: not a run config (holds [1])"),
+    (lambda out, rundir: (rundir / "summary.json").write_bytes(b"\xff\xfe"), "summary.json: not a run summary"),
+    (lambda out, rundir: (rundir / "summary.json").write_text("[]"), "summary.json: not a run summary (holds []"),
+    (lambda out, rundir: replace_with_folder(rundir / ".lock"), ".lock is a folder where mixkd keeps a run's lock"),
+    (lambda out, rundir: replace_with_file(rundir), " is a file where mixkd keeps a run's directory"),
+    (lambda out, rundir: replace_with_file(out / "runs"), "runs is a file where mixkd keeps its run directories"),
+    (lambda out, rundir: replace_with_folder(out / "runs.csv"), "runs.csv is a folder where mixkd writes a table"),
+], ids=["config-yaml", "config-list", "summary-bytes", "summary-list", "lock-folder", "run-file", "runs-file",
+        "table-folder"])
+def test_an_output_folder_mixkd_cannot_use_is_one_line_before_any_run(finished, tmp_path, capsys, damage, says):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    rundir = RunDir(out, load_study(path).runs[-1].run_id)
+    (rundir.path / "summary.json").unlink()  # a run to train
+    damage(out, rundir.path)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert_one_line_error(capsys, run_args(path, out), says)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing touched
+
+
+def test_a_run_resumed_from_a_checkpoint_whose_epoch_line_was_cut_is_trained_again_without_a_gap(finished,
+                                                                                                 tmp_path):
+    path, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    rundir = RunDir(out, load_study(path).runs[-1].run_id)
+    (rundir.path / "summary.json").unlink()  # killed after its last checkpoint (epoch 2) ...
+    cut_last_line(rundir.path / "epochs.jsonl")  # ... and epoch 2's line damaged
+    assert run(path, out) == 0
+    assert [r["epoch"] for r in rundir.read_epochs()] == [1, 2]
+    for got, want in zip(comparable(out), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
 
 
 def test_the_checkpoint_holds_everything_needed_to_resume(tmp_path):
@@ -155,6 +252,75 @@ def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
     says = r"^\[\d+/\d+\] \w{12} .*: skipped: (another runner is training it|already complete, by another runner)$"
     assert all(re.match(says, line) for line in skipped), skipped
     assert all(len(RunDir(out, r.run_id).read_epochs()) == r.config["recipe"]["epochs"] for r in study.runs)
+
+
+def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_path, monkeypatch, capsys):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    teacher = load_study(path).runs[0]
+    dead_runner = RunDir(out, teacher.run_id)
+    dead_runner.start(teacher.config, teacher.labels, teacher.run_id)  # began training the teacher ...
+    lock = dead_runner.claim()
+    assert lock.__enter__()
+    real_wait = RunDir.wait_until_released
+
+    def dies_while_waited_for(self):  # ... and is killed while this runner waits for it
+        lock.__exit__(None, None, None)
+        real_wait(self)
+
+    monkeypatch.setattr(RunDir, "wait_until_released", dies_while_waited_for)
+    assert run(path, out) == 0
+    taken_over = f"teacher run {teacher.run_id} is running and no runner holds it: training it here"
+    assert taken_over in capsys.readouterr().out
+    assert all(s["status"] == "complete" for s in summaries(out, load_study(path)).values())
+
+
+def test_the_students_of_a_failed_teacher_stay_pending_and_train_once_it_is_retried(tmp_path, monkeypatch, capsys):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    study = load_study(path)
+    real = runner_module.train_group
+
+    def teacher_fails(configs, *args, **kwargs):
+        if configs[0]["role"] == "teacher":
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        return real(configs, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_group", teacher_fails)
+    assert run(path, out) == 1
+    assert re.search(r"skipped: teacher run \w{12} is failed: its students stay pending", capsys.readouterr().out)
+    statuses = {r.role: RunDir(out, r.run_id).status() for r in study.runs}
+    assert statuses == {"teacher": "failed", "scratch": "complete", "student": "pending"}
+    monkeypatch.setattr(runner_module, "train_group", real)
+    assert run(path, out, "--retry-failed") == 0
+    assert all(s["status"] == "complete" for s in summaries(out, study).values())
+
+
+def test_a_complete_teacher_whose_checkpoint_is_gone_is_trained_again_for_its_students(tmp_path):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    assert run(path, out) == 0
+    teacher, student = load_study(path).runs[0], load_study(path).runs[-1]
+    (RunDir(out, teacher.run_id).path / "checkpoint.pt").unlink()
+    (RunDir(out, student.run_id).path / "summary.json").unlink()  # a student still to train
+    assert run(path, out) == 0
+    assert all(s["status"] == "complete" for s in summaries(out, load_study(path)).values())
+    assert (RunDir(out, teacher.run_id).path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("damage", [lambda data: b"not a checkpoint", lambda data: data[:len(data) // 2]],
+                         ids=["garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_said_and_its_run_trained_again_from_the_start(tmp_path, capsys, damage):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    assert run(path, out) == 0
+    student = RunDir(out, load_study(path).runs[-1].run_id)
+    before = student.read_summary()
+    (student.path / "summary.json").unlink()  # a run interrupted after its last checkpoint ...
+    checkpoint = student.path / "checkpoint.pt"
+    checkpoint.write_bytes(damage(checkpoint.read_bytes()))  # ... which something else damaged
+    capsys.readouterr()
+    assert run(path, out) == 0
+    assert f"{checkpoint}: unreadable (" in capsys.readouterr().out
+    after = student.read_summary()
+    assert after["status"] == "complete" and after["resumed_from_epoch"] == 0
+    assert after["top1_last"] == before["top1_last"]
 
 
 # --- failures ---------------------------------------------------------------------------------------------------
@@ -208,12 +374,13 @@ def nothing_trained(out: Path) -> bool:
     return not list(out.glob("runs/*/summary.json"))
 
 
-def test_a_checkpoint_teacher_that_does_not_fit_stops_the_study_before_any_run(tmp_path, capsys):
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
+def test_a_checkpoint_teacher_that_does_not_fit_stops_the_study_before_any_run(tmp_path, capsys, dry_run):
     torch.save({"model": create_model("cnn_small", 10, 3).state_dict()}, tmp_path / "teacher.pth")
     study = {**TINY, "teachers": {"given": {"model": "cnn_small", "checkpoint": "teacher.pth"}}}
     path, out = write(tmp_path, study), tmp_path / "out"
-    assert_one_line_error(capsys, run_args(path, out), "teacher.pth", "does not fit SmallCNN", "fc.weight",
-                          "(10, 32) vs model (4, 32)")
+    assert_one_line_error(capsys, run_args(path, out, *dry_run), "teachers.given.checkpoint: ", "teacher.pth",
+                          "does not fit SmallCNN", "fc.weight", "(10, 32) vs model (4, 32)")
     assert nothing_trained(out)
 
 
@@ -254,6 +421,56 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_run_resumes_later(tmp_p
     assert nothing_trained(out)  # the run is not marked failed: there is nothing wrong with it
     monkeypatch.setattr(builtins, "open", real_open)
     assert run(path, out) == 0
+
+
+class FullDisk:
+    """A file on a disk that fills up after `room` bytes: the write that does not fit fails as write(2) does."""
+
+    def __init__(self, file, room: int = 1024):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_stops_the_study_and_leaves_every_run_resumable(tmp_path, capsys,
+                                                                                               monkeypatch):
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(file) if "/.checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}") else file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert_one_line_error(capsys, run_args(path, out), "no space left on device writing", "checkpoint.pt")
+    assert nothing_trained(out)  # the teacher is not failed, so neither are its students once space is freed
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert run(path, out) == 0
+
+
+def test_files_are_written_with_the_mode_the_umask_gives(tmp_path):
+    previous = os.umask(0o002)  # a group sharing results on a cluster filesystem
+    try:
+        rundir = RunDir(tmp_path, "run")
+        rundir.write_summary({"status": "complete"})
+        rundir.save_checkpoint({"model": {}})
+    finally:
+        os.umask(previous)
+    for name in ("summary.json", "checkpoint.pt"):
+        assert (rundir.path / name).stat().st_mode & 0o777 == 0o664, name
 
 
 def test_a_run_directory_whose_config_no_longer_matches_its_id_is_refused(tmp_path, capsys):

@@ -11,7 +11,7 @@ from mixkd import runner as runner_module
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.tables import RUN_COLUMNS
-from tiny import RECIPE, run, tiny_study, write
+from tiny import RECIPE, image_folder, run, tiny_study, write
 
 TINY = tiny_study("tiny", recipe={**RECIPE, "lr": 0.05},
                   teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
@@ -143,3 +143,44 @@ def test_transmix_trains_a_vit_student_end_to_end(tmp_path):
     path, out = write(tmp_path, study), tmp_path / "out"
     assert run(path, out) == 0
     assert (pd.read_csv(out / "runs.csv")["status"] == "complete").all()
+
+
+def test_an_image_folder_study_trains_end_to_end(tmp_path):
+    root = image_folder(tmp_path / "images")  # 3 classes × 20 PNGs of 32×32 in train/ and in val/
+    study = {**TINY, "dataset": {"name": "imagefolder", "img_size": 32, "num_workers": 0},
+             "teachers": {"t": {"model": "cnn_small"}}, "grid": {"mix": ["mixup"], "seeds": [0]},
+             "recipe": {**TINY["recipe"], "epochs": 1}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out, "--data-root", str(root)) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["status"] == "complete").all() and (runs["images_per_s"] > 0).all()
+    assert len(pd.read_parquet(out / "epochs.parquet")) == len(runs)
+
+
+def test_list_metrics_names_every_metric_a_study_writes(finished, capsys):
+    from mixkd.cli import main
+
+    assert main(["list", "metrics"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    written = set(pd.read_parquet(finished[1] / "metrics.parquet")["metric"])
+    assert sorted(listed) == sorted(written) and len(listed) == 23
+
+
+def test_progress_lines_name_students_by_their_name(tmp_path, capsys):
+    study = {**TINY, "teachers": {"t": {"model": "cnn_small"}}, "students": [{"model": "cnn_tiny", "name": "small"}],
+             "grid": {"mix": ["none"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
+    assert run(write(tmp_path, study), tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert " scratch small mix=none seed=0: top1 " in out and " t→small mix=none T=4 " in out
+
+
+@pytest.mark.cifar
+def test_a_cifar_study_on_a_training_subset_runs_quickly(cifar_root, tmp_path):
+    study = {**TINY, "dataset": {"name": "cifar100", "train_size": 500, "val_size": 100},
+             "teachers": {"t": {"model": "cnn_small"}}, "grid": {"mix": ["mixup"], "seeds": [0]},
+             "recipe": {**TINY["recipe"], "epochs": 1, "batch_size": 64, "eval_batch_size": 100}}
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert run(path, out, "--data-root", str(cifar_root)) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["status"] == "complete").all() and (runs["dataset_train_size"] == 500).all()
+    assert (runs["eval_split"] == "val").all()

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mixkd import cli, data, losses, metrics, mixing, schedules
-from mixkd.errors import ConfigError, MixkdError
+from mixkd.errors import ConfigError, MixkdError, StudyWarning
+from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import load_study, parse_study, run_id
 
@@ -393,6 +398,13 @@ def test_labels_are_not_hashed():
     assert ids(parse_study(renamed)) == ids(parse_study(study()))
 
 
+def test_train_size_is_part_of_the_id_and_absent_changes_no_id():
+    plain, absent = (parse_study(study(dataset=d)) for d in ("cifar100", {"name": "cifar100", "train_size": None}))
+    assert ids(plain) == ids(absent) and "train_size" not in plain.dataset
+    subset = parse_study(study(dataset={"name": "cifar100", "train_size": "1e3"}))
+    assert subset.dataset["train_size"] == 1000 and not set(ids(subset)) & set(ids(plain))
+
+
 def test_download_flag_does_not_change_ids():
     assert ids(parse_study(study(dataset={"name": "cifar100", "download": True}))) == \
         ids(parse_study(study(dataset="cifar100")))
@@ -470,13 +482,62 @@ BAD = [  # (how to break the study, the field path, what the message must also s
     (lambda r: r.update(grid=[1]), "grid", ["expected a mapping"]),
     (lambda r: r["grid"].update(seeds=["zero"]), "grid.seeds[0]", ["expected int"]),
     (lambda r: r.update(exclude=["mixup"]), "exclude[0]", ["expected a mapping"]),
+    # a list where a name is expected
+    (lambda r: r["grid"].update(mix=[{"name": ["mixup"]}]), "grid.mix[0].name", ["unknown mixer ['mixup']"]),
+    (lambda r: r.update(dataset={"name": ["digits"]}), "dataset.name", ["unknown dataset ['digits']", "digits"]),
+    (lambda r: r.update(students=[{"model": ["cnn_tiny"]}]), "students[0].model",
+     ["expected a name, got ['cnn_tiny']"]),
+    # sizes the data cannot have
+    (lambda r: r.update(dataset={"name": "synthetic", "num_classes": 0}), "dataset.num_classes", ["must be ≥ 2"]),
+    (lambda r: r.update(dataset={"name": "synthetic", "train_size": 0}), "dataset.train_size", ["must be ≥ 1"]),
+    (lambda r: r.update(dataset={"name": "digits", "val_size": 1437}), "dataset.val_size",
+     ["must be less than the 1437 training images of digits, got 1437"]),
+    (lambda r: r.update(dataset={"name": "cifar100", "train_size": 45001, "val_size": 5000}), "dataset.train_size",
+     ["must be at most the 45000 training images left after val_size 5000, got 45001"]),
+    (lambda r: r.update(dataset={"name": "cifar10", "train_size": 64}) or r["recipe"].update(batch_size=128),
+     "recipe.batch_size", ["at most the 64 images the dataset trains on"]),
+    (lambda r: r["recipe"].update(batch_size=1500), "recipe.batch_size",
+     ["must be at most the 1437 images the dataset trains on, got 1500"]),
+    (lambda r: r["students"]["s2"].update(recipe={"batch_size": 1500}), "students.s2.recipe.batch_size",
+     ["at most the 1437 images"]),
+    # accepted silently, until now
+    (lambda r: r.update(students=["cnn_tiny", "cnn_small", "cnn_tiny"]), "students[2]",
+     ["'cnn_tiny' already names students[0]", "its own `name`"]),
+    (lambda r: r.update(students=[{"model": "cnn_tiny", "name": "s"}, {"model": "cnn_small", "name": "s"}]),
+     "students[1]", ["'s' already names students[0]"]),
+    (lambda r: r.update(exclude=[{"teacher": "nope"}]), "exclude[0].teacher", ["'nope' is not defined", "t1, t2"]),
+    (lambda r: r["grid"].update(mix=[{"name": "mixup", "alpha": 0}]), "grid.mix[0]",
+     ["mixer 'mixup' rejects its parameters", "alpha must be > 0"]),
+    (lambda r: r["teachers"]["t2"].update(mix={"name": "cutmix", "alpha": -1}), "teachers.t2.mix",
+     ["alpha must be > 0"]),
+    (lambda r: r["grid"].update(loss=[{"name": "kd", "ce_weight": -0.1}]), "grid.loss[0]",
+     ["loss 'kd' rejects its parameters", "ce_weight must be ≥ 0, got -0.1"]),
+    (lambda r: r.update(include=[{"loss": {"name": "dkd", "beta": -8}}]), "include[0].loss",
+     ["beta must be ≥ 0"]),
+    (lambda r: r["grid"].update(mix=["transmix"]), "students.s1.model",
+     ["cnn_tiny cannot take mix 'transmix'", "TransMix needs a ViT student with a class token"]),
+    (lambda r: r["grid"].update(mix=[{"name": "manifold_mixup", "stages": [0, 9]}]), "students.s1.model",
+     ["cnn_tiny cannot take mix 'manifold_mixup'", "stages [0, 9]", "mixes at stages 0..3"]),
+    (lambda r: r.update(baselines=False) or r["grid"].update(mix=[{"name": "manifold_mixup", "stages": [9]}],
+                                                             mixed_view=["teacher"]),
+     "teachers.t1.model", ["cnn_wide cannot take mix 'manifold_mixup'", "stages [9]"]),  # a teacher that sees it
+    # `name:` is a label, not a path
+    (lambda r: r.update(name="../../x"), "name", ["'../../x' is a label, not a path", "`output:` or --out"]),
+    (lambda r: r.update(name="/tmp/x"), "name", ["is a label, not a path"]),
+    (lambda r: r.update(name="."), "name", ["is a label, not a path"]),
+    (lambda r: r.update(name=""), "name", ["is a label, not a path"]),
 ]
 BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher", "model-arg", "model-arg-type",
            "model-arg-range", "negative-seed",
            "mix-name", "mix-param", "loss-param", "mix-value", "pair-teacher", "pair-student", "lr", "epochs",
            "lr-nan", "student-entry", "mix-list-param", "schedule-list-param", "pmu-range", "resizemix-mode",
            "resizemix-scale", "bool",
-           "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type"]
+           "schedule", "no-teachers", "empty-teachers", "no-name", "dataset", "grid-type", "seed", "exclude-type",
+           "mix-name-list", "dataset-name-list", "student-model-list", "num-classes", "train-size", "val-size",
+           "cifar-train-size", "cifar-train-size-batch", "batch-size", "student-batch-size", "student-repeated",
+           "student-name-repeated", "exclude-teacher",
+           "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "transmix-no-cls-token",
+           "manifold-stage", "manifold-stage-teacher", "name-up", "name-absolute", "name-dot", "name-empty"]
 
 
 @pytest.mark.parametrize("mutate, path, says", BAD, ids=BAD_IDS)
@@ -498,6 +559,47 @@ def test_validation_error_from_a_file_starts_with_its_path(tmp_path, mutate, pat
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{file}: {path}: ")
     assert e.value.source == str(file) and e.value.path == path
+
+
+def test_a_repeated_key_is_refused_with_its_lines(tmp_path):
+    file = write(tmp_path, "name: t\ndataset: digits\nteachers:\n  t1: {model: cnn_wide}\n  t1: {model: cnn_small}\n"
+                           "students: [cnn_tiny]\n")
+    with pytest.raises(ConfigError, match=rf"^{file}: teachers.t1: repeated \(lines 4 and 5\); YAML would keep the "
+                                          r"last silently: remove one$"):
+        load_study(file)
+    anchors = "name: t\ndataset: digits\nbase: &b {model: cnn_wide}\nteachers: {t1: *b, t2: *b}\nstudents: [a]\n"
+    with pytest.raises(ConfigError, match=r"base: unknown key"):  # aliases are walked once, not as repeats
+        load_study(write(tmp_path, anchors))
+
+
+def test_an_exclude_that_matches_nothing_is_a_warning():
+    with pytest.warns(StudyWarning, match=r"exclude\[1\] matches no point of the grid"):
+        parse_study(study(exclude=[{"mix": "mixup"}, {"temperature": 8}]))
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"grid": {"loss": ["ce", "kd"], "mix": ["mixup"], "seeds": [0]}},
+     "student t1→s1 (mix mixup, T 4, view student, loss ce, seed 0) = scratch s1 (mix mixup, seed 0)"),
+    ({"grid": {"mix": ["cutmix", "transmix"], "mixed_view": ["teacher"], "seeds": [0]}, "baselines": False},
+     "(mix transmix, T 4, view teacher, loss kd, seed 0) = student t1→s1 (mix cutmix, T 4, view teacher"),
+    ({"teachers": {"t1": {"model": "cnn_tiny"}}, "grid": {"seeds": [0]}},
+     "scratch s1 (mix none, seed 0) = teacher t1 (mix none, seed 0)"),
+], ids=["ce-student", "transmix-teacher-view", "teacher-is-scratch"])
+def test_runs_that_repeat_another_run_are_a_warning(overrides, says):
+    with pytest.warns(StudyWarning, match="would train what another run trains") as caught:
+        parse_study(study(**overrides))
+    assert says in str(caught[0].message)
+
+
+def test_a_study_without_repeats_warns_of_none(recwarn):
+    parse_study(study())
+    assert not [w for w in recwarn if issubclass(w.category, StudyWarning)]
+
+
+def test_warnings_are_one_line_each_on_the_command_line(tmp_path, capsys):
+    path = write(tmp_path, study(exclude=[{"temperature": 8}]))
+    assert cli.main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == f"mixkd: warning: {path}: exclude[0] matches no point of the grid\n"
 
 
 def test_file_not_found(tmp_path):
@@ -539,9 +641,10 @@ def test_model_args_are_hashed_and_timm_names_pass():
 
 
 def test_checkpoint_teacher_is_identified_by_content(tmp_path):
-    (tmp_path / "a.pth").write_bytes(b"weights")
-    (tmp_path / "b.pth").write_bytes(b"weights")
-    (tmp_path / "c.pth").write_bytes(b"other weights")
+    for name, seed in (("a.pth", 0), ("c.pth", 1)):
+        torch.manual_seed(seed)
+        torch.save({"model": create_model("cnn_wide", 10, 1, 8).state_dict()}, tmp_path / name)
+    (tmp_path / "b.pth").write_bytes((tmp_path / "a.pth").read_bytes())
 
     def teacher_id(ckpt):
         raw = study(teachers={"t1": {"model": "cnn_wide", "checkpoint": ckpt}})
@@ -589,20 +692,47 @@ def test_cli_ls_prints_statuses(tmp_path, capsys):
                                             ("schedules", schedules.SCHEDULES)])
 def test_cli_list_prints_registered_names(capsys, kind, registry):
     assert cli.main(["list", kind]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == registry.names() and len(names) >= 3
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert (set(names) >= set(registry.names()) if kind == "metrics" else names == registry.names())
+    assert len(names) >= 3
 
 
-def test_cli_list_models_with_pattern(capsys):
-    assert cli.main(["list", "models", "resnet2*"]) == 0
+@pytest.mark.parametrize("args", [["models", "resnet2*", "--dataset", "cifar100"],
+                                  ["models", "--dataset", "cifar100", "resnet2*"]], ids=["before", "after"])
+def test_cli_list_models_with_pattern_before_or_after_the_options(capsys, args):
+    assert cli.main(["list", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines if line.startswith("resnet")] == [["resnet20", "0.28"]]
 
 
-def test_cli_list_pattern_filters(capsys):
-    assert cli.main(["list", "mixers", "*mixup"]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["manifold_mixup", "mixup"]
+@pytest.mark.parametrize("kind, pattern, names", [("mixers", "*mixup", ["manifold_mixup", "mixup"]),
+                                                  ("schedules", "cos", ["cosine"]),
+                                                  ("models", "shuffle", ["ShuffleV1", "ShuffleV2"])])
+def test_cli_list_pattern_filters_by_shell_pattern_or_substring(capsys, kind, pattern, names):
+    assert cli.main(["list", kind, pattern]) == 0
+    printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1 if kind == "models" else 0:]
+               if line and not line.startswith((" ", "timm/"))]
+    assert printed == names
+
+
+@pytest.mark.parametrize("kind, name, says", [
+    ("mixers", "pmu", "prob=1.0  alpha=1.0  mixed_fraction=0.1  reference_sampling=False"),
+    ("mixers", "manifold_mixup", "prob=1.0  alpha=2.0  stages=[0, 1, 2]  per_sample=False"),
+    ("losses", "kd", "ce_weight=0.1  kd_weight=0.9"),
+    ("schedules", "multistep", "milestones=[150, 180, 210]  gamma=0.1"),
+    ("datasets", "cifar100", "download=False  val_size=0  split_seed=0  train_size=None"),
+])
+def test_cli_list_shows_each_components_parameters_and_defaults(capsys, kind, name, says):
+    assert cli.main(["list", kind, name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[0] == name)  # `kd` also finds dkd and std_kd
+    assert lines[at + 1].split() == says.split()
+
+
+def test_cli_debug_is_taken_after_the_command_too(tmp_path):
+    path = write(tmp_path, study(grid={"mixed_view": ["studnet"]}))
+    with pytest.raises(ConfigError, match="studnet"):
+        cli.main(["run", str(path), "--dry-run", "--debug"])
 
 
 @pytest.mark.parametrize("command", ["run", "ls", "report"])
@@ -615,6 +745,14 @@ def test_cli_bad_study_exits_2_with_one_line(tmp_path, capsys, command):
     assert captured.err.startswith(f"mixkd: error: {path}: grid.mixed_view[0]: 'studnet' is not allowed")
     assert captured.err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_output_into_a_closed_pipe_prints_no_traceback():
+    ls = subprocess.Popen([sys.executable, "-m", "mixkd.cli", "ls", str(STUDIES / "quickstart.yaml")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    ls.stdout.close()  # `mixkd ls | head -0`: the reader is gone before anything is written
+    assert ls.stderr.read() == b"" and ls.wait() == 141
+    ls.stderr.close()
 
 
 def test_cli_missing_study_exits_2(tmp_path, capsys):

@@ -56,6 +56,11 @@ def analyse_run(config: dict, model: nn.Module, teacher: nn.Module | None, data,
         return tidy([r for name in ANALYSES for r in ANALYSES.get(name)(run, **options.get(name, {}))])
 
 
+def metrics_written() -> dict[str, str]:
+    """Every metric a run's analyses write → "analysis: what it measures"."""
+    return {metric: f"{name}: {what}" for name in ANALYSES for metric, what in ANALYSES.get(name).metrics.items()}
+
+
 from . import distillation, features, outputs, robustness  # noqa: E402,F401  (registration)
 
-__all__ = ["ANALYSES", "COLUMNS", "QUALIFIERS", "RunOutputs", "analyse_run", "collect", "row"]
+__all__ = ["ANALYSES", "COLUMNS", "QUALIFIERS", "RunOutputs", "analyse_run", "collect", "metrics_written", "row"]

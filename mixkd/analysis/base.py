@@ -49,6 +49,16 @@ class RunOutputs:
         return tuple(sorted({1.0, own})) if own is not None else REFERENCE_TEMPERATURES
 
 
+def writes(**metrics: str):
+    """Declare the metrics an analysis writes, each with what it measures: `mixkd list metrics` shows them."""
+
+    def mark(analysis):
+        analysis.metrics = metrics
+        return analysis
+
+    return mark
+
+
 def eval_batch_size(config: dict) -> int:
     """The run's evaluation batch size; imported checkpoint teachers have no recipe and use 500, as when imported."""
     return config["recipe"]["eval_batch_size"] if config["recipe"] else 500

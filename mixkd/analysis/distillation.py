@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ANALYSES, RunOutputs, row
+from .base import ANALYSES, RunOutputs, row, writes
 
 
 def agreement(teacher: Tensor, student: Tensor) -> float:
@@ -30,6 +30,10 @@ def pearson(a: Tensor, b: Tensor, dim: int | None = None) -> Tensor:
 
 
 @ANALYSES.register()
+@writes(agreement="fraction of samples on which teacher and student predict the same class",
+        kl_teacher_student="mean KL(teacher ‖ student) at the run's temperature (nats, no T²)",
+        logit_corr="Pearson correlation of teacher and student logits, all entries",
+        logit_corr_sample="mean over samples of the correlation of teacher and student logits")
 def teacher_student(run: RunOutputs) -> list[dict]:
     """Top-1 agreement, KL(teacher ‖ student) at the run's T, logit correlation (all entries; per sample, mean)."""
     if run.teacher_logits is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ANALYSES, RunOutputs, row
+from .base import ANALYSES, RunOutputs, row, writes
 
 
 def scatter_ratio(features: Tensor, labels: Tensor) -> float:
@@ -22,11 +22,13 @@ def scatter_ratio(features: Tensor, labels: Tensor) -> float:
 
 
 @ANALYSES.register()
+@writes(scatter_ratio="within- over between-class scatter of the penultimate features")
 def feature_scatter(run: RunOutputs) -> list[dict]:
     return [row("scatter_ratio", scatter_ratio(run.features, run.labels))]
 
 
 @ANALYSES.register()
+@writes(tsne="2-D t-SNE of the penultimate features (x, y; class; value: the sample's index)")
 def tsne(run: RunOutputs, samples: int = 200, seeds: tuple = (0,), max_iter: int = 500) -> list[dict]:
     """2-D t-SNE of the first `samples` evaluation samples' features: rows (x, y, class = true label, value =
     sample index). t-SNE dominates the analysis cost (~1 s for 360 points on a busy CPU core), so it is

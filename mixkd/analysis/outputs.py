@@ -9,18 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import METRICS, reliability_bins, softmax_entropy
-from .base import ANALYSES, RunOutputs, row
+from .base import ANALYSES, RunOutputs, row, writes
 
 ENTROPY_BINS = 20  # histogram of the T=1 entropy over [0, log K]
 
 
 @ANALYSES.register()
+@writes(**{name: (METRICS.get(name).__doc__ or "").strip().splitlines()[0] for name in METRICS})
 def scores(run: RunOutputs) -> list[dict]:
     """Every registered metric (top-1/5, NLL, Brier, ECE, entropy) of the final model."""
     return [row(name, METRICS.get(name)(run.logits, run.labels)) for name in METRICS]
 
 
 @ANALYSES.register()
+@writes(reliability_count="samples in each of 15 confidence bins (bin; x: its centre)",
+        reliability_confidence="mean confidence in each confidence bin",
+        reliability_accuracy="accuracy in each confidence bin")
 def reliability(run: RunOutputs) -> list[dict]:
     """The reliability diagram behind the ECE: per non-empty bin its count, mean confidence and accuracy."""
     count, conf, acc = reliability_bins(run.logits, run.labels)
@@ -31,6 +35,12 @@ def reliability(run: RunOutputs) -> list[dict]:
 
 
 @ANALYSES.register()
+@writes(entropy_mean="mean softmax entropy (nats) at each temperature",
+        entropy_median="median softmax entropy at each temperature",
+        max_prob="mean largest softmax probability at each temperature",
+        logit_norm="mean L2 norm of the logits", logit_std="mean standard deviation of the logits over classes",
+        class_entropy="mean T=1 entropy of the samples of each true class (class)",
+        entropy_hist="fraction of samples in each of 20 T=1 entropy bins over [0, log K] (bin; x: its centre)")
 def smoothness(run: RunOutputs) -> list[dict]:
     """Entropy (mean, median), mean max-probability at each of `run.temperatures`; logit scale; the T=1
     entropy per true class and as a histogram (bins over [0, log K], `x` the bin centre, value the fraction)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ANALYSES, RunOutputs, eval_batch_size, row
+from .base import ANALYSES, RunOutputs, eval_batch_size, row, writes
 
 EPSILONS = (1 / 255, 2 / 255, 4 / 255)
 
@@ -46,6 +46,7 @@ ATTACKS = {"fgsm": fgsm, "pgd10": partial(pgd, steps=10)}
 
 
 @ANALYSES.register()
+@writes(robust_top1="top-1 under FGSM and PGD-10 at each ε on the first 500 evaluation images (attack, epsilon)")
 def robustness(run: RunOutputs, samples: int = 500, epsilons: tuple = EPSILONS) -> list[dict]:
     """Top-1 under each attack at each ε (pixel units; the row at ε = 0 is the clean accuracy of the same subset)
     on the first `samples` evaluation images. Needs the dataset's normalisation (`mean`, `std`); skipped without.

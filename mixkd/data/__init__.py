@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .loader import DeviceLoader
 
 DATASETS: Registry = Registry("dataset")
 # Dataset parameters that change how data is obtained, not what it is: kept out of run ids.
 RUNTIME_PARAMS = frozenset({"download", "num_workers"})
+# The smallest value of each parameter datasets share by name, checked when a study is read
+MINIMUMS = {"num_classes": 2, "in_chans": 1, "img_size": 1, "train_size": 1, "test_size": 1, "val_size": 0,
+            "split_seed": 0, "seed": 0, "num_workers": 0}
 
 
 class Dataset(Protocol):
@@ -26,6 +30,7 @@ class Dataset(Protocol):
     num_classes: int
     in_chans: int
     img_size: int
+    num_train_images: int  # what an epoch goes through: images/s and the progress bar count them
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -56,6 +61,10 @@ class InMemoryDataset:
     def img_size(self) -> int:
         return self.train_x.shape[-1]
 
+    @property
+    def num_train_images(self) -> int:
+        return len(self.train_y)
+
     def train_loader(self, batch_size: int, device: torch.device, seed: int) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
                             shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed)
@@ -64,15 +73,38 @@ class InMemoryDataset:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)
 
 
-def input_shape(num_classes: int, in_chans: int, img_size: int):
-    """Declare a dataset factory's (classes, channels, size) at its defaults, so models can be sized
-    (e.g. `mixkd list models --dataset cifar100`) without reading any data."""
+def input_shape(num_classes: int, in_chans: int, img_size: int,
+                train_images: int | Callable[[dict], int] | None = None):
+    """Declare a dataset factory's (classes, channels, size) at its defaults, and how many training images it
+    holds (given its resolved parameters), so that models are sized (e.g. `mixkd list models --dataset
+    cifar100`) and sizes checked when a study is read, without reading any data."""
 
     def mark(factory):
-        factory.shape = (num_classes, in_chans, img_size)
+        factory.shape, factory.train_images = (num_classes, in_chans, img_size), train_images
         return factory
 
     return mark
+
+
+def training_images(spec: dict, path: str) -> int | None:
+    """How many images a resolved dataset spec trains on, once its sizes are checked against what the data
+    holds (`val_size` held out of the training split, `train_size` drawn from the rest); None where its
+    factory does not say how many it holds."""
+    for key, low in MINIMUMS.items():
+        if spec.get(key) is not None and spec[key] < low:
+            raise ConfigError(f"{path}.{key}", f"must be ≥ {low}, got {spec[key]!r}")
+    held = getattr(DATASETS.get(spec["name"]), "train_images", None)
+    if held is None:
+        return None
+    total, val, size = held(spec) if callable(held) else held, spec.get("val_size", 0), spec.get("train_size")
+    if val >= total:
+        raise ConfigError(f"{path}.val_size", f"must be less than the {total} training images of {spec['name']}, "
+                                              f"got {val}")
+    if size is not None and size > total - val:
+        left = f" left after val_size {val}" if val else ""
+        raise ConfigError(f"{path}.train_size", f"must be at most the {total - val} training images{left}, "
+                                                f"got {size}")
+    return total - val if size is None else size
 
 
 def declared_shape(spec: dict) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import MixkdError
 from . import DATASETS, InMemoryDataset, input_shape
-from .split import hold_out_val
+from .split import hold_out_val, train_subset
 
 # RepDistiller's constants (dataset/cifar100.py), so accuracies compare with the published tables.
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -72,7 +72,7 @@ def _read(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _load(name: str, files, num_classes: int, mean, std, root: Path | None, download: bool, val_size: int,
-          split_seed: int) -> InMemoryDataset:
+          split_seed: int, train_size: int | None) -> InMemoryDataset:
     folder, train_files, test_files = files
     if root is None:
         raise MixkdError(f"{name}: needs a data root: pass --data-root with the folder that holds {folder}/ "
@@ -95,18 +95,25 @@ def _load(name: str, files, num_classes: int, mean, std, root: Path | None, down
         train, test = checked(train_files), checked(test_files)
     ds = InMemoryDataset(name, *_read(train), *_read(test), num_classes=num_classes, mean=mean, std=std,
                          crop_padding=4, flip=True)
-    return hold_out_val(ds, val_size, split_seed) if val_size else ds
+    ds = hold_out_val(ds, val_size, split_seed) if val_size else ds  # first: one val split whatever train_size
+    return train_subset(ds, train_size, split_seed) if train_size is not None else ds
 
 
 @DATASETS.register()
-@input_shape(100, 3, 32)
-def cifar100(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0) -> InMemoryDataset:
-    """50,000 train / 10,000 test images of 100 classes; `val_size` evaluates on images held out of train."""
-    return _load("cifar100", CIFAR100_FILES, 100, CIFAR100_MEAN, CIFAR100_STD, root, download, val_size, split_seed)
+@input_shape(100, 3, 32, train_images=50_000)
+def cifar100(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0,
+             train_size: int | None = None) -> InMemoryDataset:
+    """50,000 train / 10,000 test images of 100 classes; `val_size` evaluates on images held out of train,
+    `train_size` trains on that many of the rest (stratified, by `split_seed`): a quick run on real data."""
+    return _load("cifar100", CIFAR100_FILES, 100, CIFAR100_MEAN, CIFAR100_STD, root, download, val_size, split_seed,
+                 train_size)
 
 
 @DATASETS.register()
-@input_shape(10, 3, 32)
-def cifar10(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0) -> InMemoryDataset:
-    """50,000 train / 10,000 test images of 10 classes; `val_size` evaluates on images held out of train."""
-    return _load("cifar10", CIFAR10_FILES, 10, CIFAR10_MEAN, CIFAR10_STD, root, download, val_size, split_seed)
+@input_shape(10, 3, 32, train_images=50_000)
+def cifar10(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0,
+            train_size: int | None = None) -> InMemoryDataset:
+    """50,000 train / 10,000 test images of 10 classes; `val_size` evaluates on images held out of train,
+    `train_size` trains on that many of the rest (stratified, by `split_seed`): a quick run on real data."""
+    return _load("cifar10", CIFAR10_FILES, 10, CIFAR10_MEAN, CIFAR10_STD, root, download, val_size, split_seed,
+                 train_size)

@@ -57,7 +57,7 @@ class ImageFolderDataset:
             raise MixkdError(f"imagefolder: train/ and val/ under {root} hold different classes "
                              f"(only in one: {', '.join(missing[:5])})")
         self.img_size, self.num_workers = img_size, num_workers
-        self.num_classes = len(self.train.classes)
+        self.num_classes, self.num_train_images = len(self.train.classes), len(self.train)
 
     def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None) -> _ToDevice:
         device = torch.device(device)

@@ -57,11 +57,16 @@ def check_model_args(name: str, args: dict, where: str, shape: tuple[int, int, i
                 raise ConfigError(f"{where}.{key}", f"unknown argument of {name}; allowed: {allowed}")
         args = {k: coerce(v, hints.get(k, typing.Any), f"{where}.{k}") for k, v in args.items()}
     try:
-        with torch.device("meta"):
-            create_model(name, *shape, **({**args, "pretrained": False} if timm_model else args))
+        meta_model(name, args, shape)
     except Exception as e:  # noqa: BLE001 - whatever the model raises, it is about these arguments
         raise ConfigError(where, f"{name} rejects them: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     return args
+
+
+def meta_model(name: str, args: dict, shape: tuple[int, int, int]) -> StagedNet:
+    """Model `name` built on PyTorch's meta device (no memory, no weights): what a study is checked against."""
+    with torch.device("meta"):
+        return create_model(name, *shape, **({**args, "pretrained": False} if name.startswith(TIMM_PREFIX) else args))
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -92,4 +97,4 @@ def unknown_model_message(name: str) -> str:
 from . import cifar_resnet, mobilenetv2, resnet_v2, shufflenet, small_cnn, vgg, wrn  # noqa: E402,F401
 
 __all__ = ["MODELS", "Features", "StagedNet", "check_model_args", "count_parameters", "create_model", "list_models",
-           "is_known_model", "unknown_model_message", "zoo_params"]
+           "is_known_model", "meta_model", "unknown_model_message", "zoo_params"]

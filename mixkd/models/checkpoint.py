@@ -19,13 +19,19 @@ _PREFIX = "module."
 
 
 def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
+    model.load_state_dict(teacher_state(model, path), strict=True)
+
+
+def teacher_state(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict, once checked to load strictly into `model` (which may be on the meta
+    device: a study checks its checkpoint teachers when it is read)."""
     path = Path(path)
     if not path.is_file():
         raise MixkdError(f"teacher checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; any of them means "unreadable"
-        raise MixkdError(f"{path}: cannot read teacher checkpoint: {_reason(e)}") from None
+        raise MixkdError(f"{path}: cannot read teacher checkpoint: {unreadable_reason(e)}") from None
     state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MixkdError(f"{path}: not a state dict, nor a dict with the state dict under 'model'")
@@ -33,10 +39,10 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> None:
     problems = _mismatch_summary(model, state)
     if problems:
         raise MixkdError(f"{path}: checkpoint does not fit {type(model).__name__}: {problems}")
-    model.load_state_dict(state, strict=True)
+    return state
 
 
-def _reason(e: Exception) -> str:
+def unreadable_reason(e: Exception) -> str:
     """One line from a torch.load failure; a weights_only refusal names the offending global deep inside
     a paragraph of advice, so that sentence is the one kept."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
