@@ -96,7 +96,7 @@ def metrics_table(study: Study, out: Path) -> pd.DataFrame:
     return table[["run_id", *[c for c in table.columns if c != "run_id"]]]
 
 
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
+def parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return buf.getvalue()
@@ -105,9 +105,9 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
 def write_tables(study: Study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs, epochs = runs_table(study, out), epochs_table(study, out)
     atomic_write(out / "runs.csv", runs.to_csv(index=False))
-    atomic_write(out / "runs.parquet", _parquet_bytes(runs))
-    atomic_write(out / "epochs.parquet", _parquet_bytes(epochs))
-    atomic_write(out / "metrics.parquet", _parquet_bytes(metrics_table(study, out)))
+    atomic_write(out / "runs.parquet", parquet_bytes(runs))
+    atomic_write(out / "epochs.parquet", parquet_bytes(epochs))
+    atomic_write(out / "metrics.parquet", parquet_bytes(metrics_table(study, out)))
     return runs, epochs
 
 
@@ -141,7 +141,7 @@ def read_tables(folder: str | Path) -> Tables:
 
     return Tables(runs=pd.read_parquet(folder / "runs.parquet"),
                   metrics=read("metrics.parquet", pd.read_parquet, ["run_id", "metric", "value"]),
-                  summary=read("summary.csv", _read_csv, ["variant_id", "metric", "mean"]),
+                  summary=read("summary.parquet", pd.read_parquet, ["variant_id", "metric", "mean"]),
                   comparisons=read("comparisons.csv", _read_csv, ["axis", "a", "b", "mean_diff"]),
                   leaderboard=read("leaderboard.csv", _read_csv, ["teacher", "student", "rank"]))
 

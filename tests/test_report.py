@@ -131,6 +131,15 @@ def test_summary_pools_seeds_only_with_t_intervals_inside_the_metric_range(grid)
     assert (t2["ci_high"] == 1.0).all() and (t2["ci_low"] >= 0).all() and (t2["mean"] < 1).all()
 
 
+def test_summary_csv_and_parquet_hold_one_table(trained):
+    csv = pd.read_csv(trained / "summary.csv", keep_default_na=False, na_values=[""])
+    parquet = pd.read_parquet(trained / "summary.parquet")
+    assert list(csv.columns) == list(parquet.columns) and len(csv) == len(parquet)
+    for column in ("variant_id", "metric", "n"):
+        assert (csv[column].astype(str) == parquet[column].astype(str)).all()
+    assert np.allclose(csv["mean"], parquet["mean"], equal_nan=True)
+
+
 # ---- comparisons -------------------------------------------------------------------------------------------
 
 def test_comparisons_run_along_every_axis_that_varies(grid):
@@ -304,7 +313,7 @@ def test_figures_draw_what_has_finished_and_nothing_else(grid, tmp_path, done):
     assert tables.leaderboard.empty and tables.comparisons["axis"].isin(["mix", "student"]).all()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_figures_stay_legible_whichever_runs_have_finished_or_failed(grid, tmp_path, seed):
     rng = np.random.default_rng(seed)
     state = {r.run_id: rng.choice(["complete", "failed", "pending"], p=[0.6, 0.2, 0.2]) for r in grid.runs}

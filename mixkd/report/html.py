@@ -16,8 +16,8 @@ from ..tables import Tables
 from .figures import FIGURES
 from .stats import ALPHA, MIN_SEEDS
 
-TABLES = ("runs.csv", "runs.parquet", "epochs.parquet", "metrics.parquet", "summary.csv", "comparisons.csv",
-          "leaderboard.csv", "study.json")
+TABLES = ("runs.csv", "runs.parquet", "epochs.parquet", "metrics.parquet", "summary.csv", "summary.parquet",
+          "comparisons.csv", "leaderboard.csv", "study.json")
 MAX_FINDINGS = 60
 
 STYLE = """

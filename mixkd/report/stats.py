@@ -21,6 +21,7 @@ from scipy import stats
 from .. import columns
 from ..columns import VIEW_ORDER, labelled, of_kind
 from ..rundir import atomic_write
+from ..tables import parquet_bytes
 from ..study import Recipe
 
 CONFIDENCE, ALPHA, MIN_SEEDS = 0.95, 0.05, 3
@@ -276,8 +277,10 @@ def _adjusted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_statistics(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """summary.csv and comparisons.csv in the study's output folder, atomically; same tables → same bytes."""
+    """summary.csv (and summary.parquet, the same table: a large study's CSV takes seconds to parse) and
+    comparisons.csv in the study's output folder, atomically; same tables → same bytes."""
     summary, comparisons = summary_table(runs, metrics), comparisons_table(runs, metrics)
     atomic_write(Path(out) / "summary.csv", summary.to_csv(index=False))
+    atomic_write(Path(out) / "summary.parquet", parquet_bytes(summary))
     atomic_write(Path(out) / "comparisons.csv", comparisons.to_csv(index=False))
     return summary, comparisons
