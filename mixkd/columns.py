@@ -12,6 +12,7 @@ parameters only where two variants of one mixer exist).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,11 @@ def fmt(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+
+def natural(text) -> tuple:
+    """Sort key reading numbers as numbers: resnet8 before resnet14 before resnet110."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))
 
 
 def component_label(frame: pd.DataFrame, prefix: str) -> pd.Series:

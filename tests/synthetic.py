@@ -90,7 +90,7 @@ def metrics_rows(study: Study, runs: pd.DataFrame, num_classes: int, tsne_points
                  ("reliability_accuracy", np.clip(conf - 0.03 * (1 - np.repeat(acc, 10)), 0, 1))):
         blocks.append(_block(np.repeat(ids, 10), m, v, bin=rel, x=(rel + 0.5) / 15))
     for attack, drop in (("fgsm", 0.3), ("pgd10", 0.5)):
-        for e in EPSILONS:
+        for e in (0.0, *EPSILONS):  # ε = 0: the attacked images, clean
             blocks.append(_block(ids, "robust_top1", acc * (1 - drop * e * 255 / 4), attack=attack, epsilon=e))
     kd = done[done["role"] == "student"]
     k_ids, k_acc, k_t = kd["run_id"].to_numpy(), kd["top1_last"].to_numpy(float), kd["temperature"].to_numpy(float)

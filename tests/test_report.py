@@ -12,9 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
 from figure_checks import layout_problems
+from scipy import stats
+from synthetic import last_runs, write_synthetic_tables
+from tiny import RECIPE, run, tiny_study, write
+
 from mixkd import columns
 from mixkd.cli import main
 from mixkd.compare import first_difference
@@ -24,8 +26,6 @@ from mixkd.report.leaderboard import leaderboard_table
 from mixkd.report.stats import comparisons_table, summary_table
 from mixkd.study import load_study, parse_study
 from mixkd.tables import build_runs_table, read_tables
-from synthetic import last_runs, write_synthetic_tables
-from tiny import RECIPE, run, tiny_study, write
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -140,6 +140,9 @@ def _findings(comparisons: pd.DataFrame) -> str:
              f"<b>{len(found)}</b> are significant at α = {ALPHA} after the Benjamini–Hochberg correction"
              f"{'' if len(claimable) == len(top1) else f'; {len(top1) - len(claimable)} have too few seeds'}. "
              f"Differences are b − a in points of top-1, paired by seed.</p>")
+    if claimable.empty:
+        return intro + (f"<p><b>No comparison has {MIN_SEEDS} seeds, so this study supports no claim of a difference"
+                         f"</b>: add seeds to the grid (<code>grid.seeds</code>) and run it again.</p>")
     if found.empty:
         return intro
     context = ["role", "teacher", "teacher_model", "student", "mix", "mixed_view", "temperature", "loss"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..columns import natural
+
 METRIC = "top1_last"
 COLUMNS = ["teacher", "student", "rank", "setting", "n", "top1", "top1_ci_low", "top1_ci_high",
            "delta_vs_kd", "delta_vs_kd_p_adjusted", "delta_vs_kd_verdict",
@@ -44,7 +46,8 @@ def leaderboard_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.Da
     board["teacher_top1"] = board["teacher"].map(teachers)
     board["scratch_top1"] = board["student"].map(scratch)
     board["ece"] = board["variant_id"].map(_scalar(summary, "ece").set_index("variant_id")["mean"])
-    board = board.sort_values(["teacher", "student", "top1", "variant"], ascending=[True, True, False, True])
+    board = board.sort_values(["teacher", "student", "top1", "variant"], ascending=[True, True, False, True],
+                              key=lambda c: c.map(natural) if c.name in ("teacher", "student") else c)
     board["rank"] = board.groupby(["teacher", "student"])["top1"].rank(method="min", ascending=False).astype(int)
     return board.reindex(columns=COLUMNS).reset_index(drop=True)
 

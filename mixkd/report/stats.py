@@ -21,8 +21,8 @@ from scipy import stats
 from .. import columns
 from ..columns import VIEW_ORDER, labelled, of_kind
 from ..rundir import atomic_write
-from ..tables import parquet_bytes
 from ..study import Recipe
+from ..tables import parquet_bytes
 
 CONFIDENCE, ALPHA, MIN_SEEDS = 0.95, 0.05, 3
 RUN_METRICS = ("top1_last", "top1_best")  # from the runs table; the rest come from the analysis rows

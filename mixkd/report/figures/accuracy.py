@@ -10,12 +10,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ...columns import describe, varies
+from ...columns import describe, natural, varies
 from ...tables import Tables
 from . import figure
-from .data import VALUES, by_pair, kd_order, natural, panels_of, summary_rows, teacher_kind
-from .layout import (HUES, VIEW_LINES, accuracy_range, finish, legend_below, mix_colours, new_page, paginate,
-                     set_titles, text_width, tick_labels)
+from .data import VALUES, by_pair, kd_order, panels_of, summary_rows, teacher_kind
+from .layout import (
+    HUES,
+    VIEW_LINES,
+    accuracy_range,
+    finish,
+    legend_below,
+    mix_colours,
+    new_page,
+    paginate,
+    set_titles,
+    text_width,
+    tick_labels,
+)
 
 METRIC = "top1_last"
 MAX_DOTS = 48  # dots in one panel before an axis moves into the panel titles

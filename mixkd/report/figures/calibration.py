@@ -7,11 +7,27 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ...columns import describe, varies
+from ...columns import describe, natural, varies
 from ...tables import Tables
 from . import figure
-from .data import VALUES, by_pair, kd_order, natural, panels_of, summary_rows, teacher_series
-from .layout import VIEW_LINES, finish, set_titles, legend_below, mix_colours, new_page, paginate
+from .data import (
+    VALUES,
+    by_pair,
+    kd_order,
+    panels_of,
+    scratch_order,
+    summary_rows,
+    teacher_series,
+)
+from .layout import (
+    VIEW_LINES,
+    finish,
+    legend_below,
+    mix_colours,
+    new_page,
+    paginate,
+    set_titles,
+)
 
 PANEL = (2.7, 2.9)
 PARTS = {"reliability_confidence": "confidence", "reliability_accuracy": "accuracy"}
@@ -34,7 +50,7 @@ def _groups(tables: Tables, metric: str) -> pd.DataFrame:
         if "mixed_view" not in within or not varies(kd, "mixed_view"):
             kd["mixed_view"] = "none"  # not in the series' names: not in their line styles either
     groups = [teachers.iloc[sorted(range(len(teachers)), key=lambda i: natural(teachers["panel"].iat[i]))],
-              scratch.iloc[sorted(range(len(scratch)), key=lambda i: natural(scratch["panel"].iat[i]))], kd]
+              scratch_order(scratch), kd]
     return pd.concat([g for g in groups if len(g)] or [teachers], ignore_index=True)
 
 
@@ -65,6 +81,7 @@ def reliability(data: pd.DataFrame) -> list:
         points = rows.pivot_table("mean", ["panel", "series", "bin"], "metric", sort=False)
         for ax, panel in zip(axes, panels):
             for name, line in points.loc[panel].groupby("series", sort=False):
+                line = line.droplevel("series").sort_index()  # by bin, whichever variant listed a bin first
                 ax.plot(line["reliability_confidence"], line["reliability_accuracy"], marker="o", ms=2.5, lw=1,
                         color=style.loc[name, "color"], ls=style.loc[name, "linestyle"])
             ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=(0, (2, 2)))

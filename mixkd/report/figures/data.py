@@ -4,11 +4,9 @@ order figures draw them. The drawn frame keeps summary.csv's keys (variant_id, m
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 
-from ...columns import VIEW_ORDER, describe
+from ...columns import VIEW_ORDER, describe, natural
 from ...tables import Tables
 
 QUALIFIERS = ("metric_temperature", "attack", "epsilon", "bin", "class", "x")
@@ -28,15 +26,16 @@ def summary_rows(tables: Tables, metric: str, roles: tuple[str, ...], scalar: bo
     return rows.reindex(columns=[*rows.columns, *[q for q in QUALIFIERS if q not in rows.columns]])
 
 
-def natural(text) -> tuple:
-    """Sort key reading numbers as numbers: resnet8 before resnet14 before resnet110."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))
-
-
 def by_pair(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows in natural order of teacher, then student (stable within)."""
     pairs = list(zip(rows["teacher"], rows["student"]))
     return rows.iloc[sorted(range(len(rows)), key=lambda i: (natural(pairs[i][0]), natural(pairs[i][1])))]
+
+
+def scratch_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Students from scratch by name, each without mixing first, then by mix."""
+    key = [(natural(n), m != "none", label) for n, m, label in zip(rows["name"], rows["mix"], rows["mix_label"])]
+    return rows.iloc[sorted(range(len(rows)), key=key.__getitem__)]
 
 
 def kd_order(rows: pd.DataFrame) -> pd.DataFrame:

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ...columns import natural
 from ...tables import Tables
 from . import figure
-from .data import VALUES, natural, summary_rows, teacher_series
+from .data import VALUES, summary_rows, teacher_series
 from .layout import finish, legend_below, mix_colours, new_page, paginate, set_titles
 
 PARTS = ("entropy histogram at T=1", "mean entropy at T", "mean entropy at T=1 per true class")

@@ -8,10 +8,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from ...columns import labelled
+from ...columns import labelled, natural
 from ...tables import Tables
 from . import figure
-from .data import natural
 from .layout import OKABE_ITO, finish, legend_below, new_page, paginate, set_titles
 
 PANEL = (2.5, 2.8)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...columns import describe
+from ...columns import describe, natural
 from ...tables import Tables
 from . import figure
-from .data import VALUES, by_pair, kd_order, natural, panels_of, summary_rows
+from .data import VALUES, by_pair, kd_order, panels_of, scratch_order, summary_rows
 from .layout import finish, new_page, paginate, set_titles, tick_labels
 
 ATTACKS = {"fgsm": "FGSM", "pgd10": "PGD-10"}
@@ -19,14 +19,15 @@ LABEL_WIDTH = 4.0  # inches a row label may take before it wraps
 
 
 def _rows(tables: Tables, role: str) -> pd.DataFrame:
-    attacked = summary_rows(tables, "robust_top1", (role,), scalar=False)
-    if attacked.empty:
-        return attacked
-    clean = summary_rows(tables, "top1_last", (role,))
-    clean = clean[clean["variant_id"].isin(attacked["variant_id"])]
-    return pd.concat([clean.assign(column="clean"), attacked.assign(
-        column=attacked["attack"].map(lambda a: ATTACKS.get(a, a)) + " ε=" +
-        (255 * attacked["epsilon"]).map(lambda e: f"{e:g}") + "/255")], ignore_index=True)
+    """The role's attacked top-1 rows, one column per attack and ε; ε = 0 (the same images, unattacked) once,
+    as 'clean'."""
+    rows = summary_rows(tables, "robust_top1", (role,), scalar=False)
+    if rows.empty:
+        return rows
+    clean = rows["epsilon"] == 0
+    rows = rows[~clean | (rows["attack"] == rows.loc[clean, "attack"].min())]
+    label = [f"{ATTACKS.get(a, a)} ε={255 * e:g}/255" if e else "clean" for a, e in zip(rows["attack"], rows["epsilon"])]
+    return rows.assign(column=label)
 
 
 def _data(tables: Tables) -> pd.DataFrame:
@@ -38,7 +39,7 @@ def _data(tables: Tables) -> pd.DataFrame:
         parts.append(teachers.assign(panel="teachers", series=teachers["name"]).iloc[
             sorted(range(len(teachers)), key=lambda i: natural(teachers["name"].iat[i]))])
     if len(scratch):
-        scratch = scratch.iloc[sorted(range(len(scratch)), key=lambda i: natural(scratch["name"].iat[i]))]
+        scratch = scratch_order(scratch)
         parts.append(scratch.assign(panel=scratch["name"] + " from scratch", series=scratch["mix_label"]))
     if len(kd):
         kd = by_pair(kd_order(kd))
@@ -56,9 +57,9 @@ def _size(rows: pd.DataFrame) -> tuple[float, float]:
 
 @figure("robustness", _data)
 def robustness(data: pd.DataFrame) -> list:
-    """Does mixing make students harder to fool? Top-1 (%) on clean evaluation images and under L∞ FGSM and
-    PGD-10 attacks (pixel space, first 500 images) at each ε, mean over seeds: one row per variant, one table per
-    group, one colour scale for every page."""
+    """Does mixing make students harder to fool? Top-1 (%) on the first 500 evaluation images, clean and under L∞
+    FGSM and PGD-10 attacks (pixel space) at each ε, mean over seeds: one row per variant, one table per group,
+    one colour scale for every page."""
     columns = list(dict.fromkeys(data.sort_values(["attack", "epsilon"], na_position="first")["column"]))
     vmin, vmax = 100 * data["mean"].min(), 100 * data["mean"].max()
     size = _size(data)
