@@ -112,14 +112,15 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
                             frame["teacher"].notna()))
 
 
-# Each axis a label can name: the column its values are told apart by, and how a value is written (a view only
-# where something was mixed, and it varies only among those rows).
+# Each axis a label can name: the column its values are told apart by, and how a value is written (`mixed_view`
+# only where something was mixed, and it varies only among those rows; `view`, a panel's, wherever it is set).
 LABEL_AXES = {
     "pair": ("pair", lambda r: r["pair"]),
     "teacher": ("teacher", lambda r: r["teacher"]),
     "student": ("student", lambda r: r["student"]),
     "mix": ("mix_label", lambda r: r["mix_label"]),
     "mixed_view": ("mixed_view", lambda r: r["mixed_view"] if _mixed(r) else ""),
+    "view": ("mixed_view", lambda r: r["mixed_view"] if r["mixed_view"] not in ("none", None) else ""),
     "temperature": ("temperature", lambda r: f"T={r['temperature']:g}"),
     "loss": ("loss_label", lambda r: r["loss_label"]),
 }

@@ -14,19 +14,8 @@ from ...columns import describe, natural, varies
 from ...tables import Tables
 from . import figure
 from .data import VALUES, by_pair, kd_order, panels_of, summary_rows, teacher_kind
-from .layout import (
-    HUES,
-    VIEW_LINES,
-    accuracy_range,
-    finish,
-    legend_below,
-    mix_colours,
-    new_page,
-    paginate,
-    set_titles,
-    text_width,
-    tick_labels,
-)
+from .layout import (HEADER, HUES, MAX_SIDE, VIEW_LINES, accuracy_range, finish, legend_below, mix_colours,
+                     new_page, paginate, set_titles, text_width, tick_labels)
 
 METRIC = "top1_last"
 MAX_DOTS = 48  # dots in one panel before an axis moves into the panel titles
@@ -59,9 +48,9 @@ def _by_mix_data(tables: Tables) -> pd.DataFrame:
     kd = summary_rows(tables, METRIC, ("student",))
     if kd.empty:
         return EMPTY
-    kd = kd_order(kd)
-    panel, within = panels_of(kd, ["pair"], ["mix", "mixed_view", "loss"], MAX_DOTS)
-    kd = kd.assign(panel=panel, series=describe(kd, tuple(within), always=("mix",)), kind="distilled",
+    kd = kd_order(kd, temperature_last=True)
+    kd, within = panels_of(kd, ["pair"], ["mix", "mixed_view", "loss"], MAX_DOTS)
+    kd = kd.assign(series=describe(kd, tuple(within), always=("mix",)), kind="distilled",
                    hue=kd["temperature"].map(lambda t: f"T={t:g}"))
     data = pd.concat([by_pair(kd), _references(tables, kd)], ignore_index=True)
     return paginate(data[["panel", "kind", "series", "hue", "mix_label", *VALUES]], _dots_size(data), 3,
@@ -148,17 +137,25 @@ def accuracy_by_mix(data: pd.DataFrame) -> list:
 # ---- MIX-KD's heatmap: teacher × student per view, mix and temperature ----------------------------------------
 
 def _heatmap_data(tables: Tables) -> pd.DataFrame:
+    """Each distilled variant's cell, with its panel's `slot` on its page: a row of panels per setting (mix · view
+    · loss) and a column per temperature, so T = 1 and T = 4 of one setting sit side by side (panels flow
+    in turn where the temperatures are too many for one row)."""
     kd = summary_rows(tables, METRIC, ("student",))
     if kd.empty:
         return EMPTY
     kd = kd_order(kd)
     setting = describe(kd, ("mix", "mixed_view", "loss"), always=("mix",))
-    rank = {s: i for i, s in enumerate(dict.fromkeys(setting))}  # a row of panels per setting, T across
     kd = kd.assign(panel=setting + ", T=" + kd["temperature"].map(lambda t: f"{t:g}"), kind="distilled",
-                   series=kd["teacher"], hue=kd["student"], order=setting.map(rank))
-    kd = kd.sort_values(["order", "temperature"], kind="stable")
-    columns = ["panel", "kind", "series", "hue", "temperature", *VALUES]
-    kd = paginate(kd[columns], _heatmap_size(kd), _heatmap_cols(kd), [])
+                   series=kd["teacher"], hue=kd["student"])
+    temps, settings = sorted(kd["temperature"].unique()), list(dict.fromkeys(setting))
+    size = _heatmap_size(kd)
+    ncols = len(temps) if len(temps) * size[0] <= MAX_SIDE else max(1, int(MAX_SIDE // size[0]))
+    if ncols == len(temps):
+        slot = setting.map(settings.index) * ncols + kd["temperature"].map(temps.index)
+    else:
+        slot = kd["panel"].map({p: i for i, p in enumerate(dict.fromkeys(kd["panel"]))})
+    per_page = ncols * max(1, int((MAX_SIDE - HEADER) // size[1]))
+    kd = kd.assign(page=slot // per_page + 1, slot=slot % per_page, ncols=ncols).sort_values(["page", "slot"])
     # the references labelling each page's rows (teachers) and columns (students from scratch, no mixing)
     teachers = summary_rows(tables, METRIC, ("teacher",))
     scratch = summary_rows(tables, METRIC, ("scratch",))
@@ -166,12 +163,8 @@ def _heatmap_data(tables: Tables) -> pd.DataFrame:
     refs = pd.concat([teachers[teachers["name"].isin(kd["series"])].assign(kind="teacher", series=lambda f: f["name"]),
                       scratch.assign(kind="scratch", hue=scratch["name"])])
     refs = pd.concat([refs.assign(page=p) for p in sorted(kd["page"].unique())], ignore_index=True)
-    return pd.concat([kd, refs.reindex(columns=kd.columns)], ignore_index=True)
-
-
-def _heatmap_cols(kd: pd.DataFrame) -> int:
-    temps = kd["temperature"].nunique()
-    return min(4, temps) if temps > 1 else 3
+    columns = ["page", "slot", "ncols", "panel", "kind", "series", "hue", "temperature", *VALUES]
+    return pd.concat([kd, refs], ignore_index=True)[columns]
 
 
 def _heatmap_size(kd: pd.DataFrame) -> tuple[float, float]:
@@ -183,22 +176,29 @@ def _heatmap_size(kd: pd.DataFrame) -> tuple[float, float]:
 @figure("accuracy_heatmap", _heatmap_data)
 def accuracy_heatmap(data: pd.DataFrame) -> list:
     """MIX-KD's teacher × student map: mean student top-1 for every teacher (rows, with its own top-1) and student
-    (columns, with its top-1 from scratch), one panel per mixing variant, view and loss at each temperature — e.g.
-    'Mix-T & S' (a Mix-T teacher's row, view both) at T = 1 beside T = 4. One colour scale for every page."""
+    (columns, with its top-1 from scratch), a row of panels per mixing variant, view and loss and a column per
+    temperature — e.g. 'Mix-T & S' (a Mix-T teacher's row, view both) at T = 1 beside T = 4. One colour scale for
+    every page; a blank panel is a setting the study does not have at that temperature."""
     kd = data[data["kind"] == "distilled"]
     teachers, students = sorted(kd["series"].unique(), key=natural), sorted(kd["hue"].unique(), key=natural)
     vmin, vmax = 100 * kd["mean"].min(), 100 * kd["mean"].max()
-    size, ncols = _heatmap_size(kd), _heatmap_cols(kd)
+    size, ncols = _heatmap_size(kd), int(kd["ncols"].iloc[0])
     pages = []
     for page, rows in data.groupby("page"):
         teacher_acc = rows[rows["kind"] == "teacher"].set_index("series")["mean"]
         scratch_acc = rows[rows["kind"] == "scratch"].set_index("hue")["mean"]
-        panels = list(dict.fromkeys(rows.loc[rows["kind"] == "distilled", "panel"]))
-        fig, axes = new_page(len(panels), size, ncols, [], "Student top-1 (%) per teacher (rows, own top-1) and "
-                                                           "student (columns, top-1 from scratch); mean over seeds")
-        for i, (ax, panel) in enumerate(zip(axes, panels)):
-            cell = rows[(rows["panel"] == panel) & (rows["kind"] == "distilled")]
-            grid = 100 * cell.pivot_table("mean", "series", "hue").reindex(index=teachers, columns=students)
+        cells = rows[rows["kind"] == "distilled"]
+        slots = cells.drop_duplicates("slot").set_index("slot")["panel"]
+        fig, axes = new_page(ncols * (int(slots.index.max()) // ncols + 1), size, ncols, [],
+                             "Student top-1 (%) per teacher (rows, own top-1) and student (columns, top-1 from "
+                             "scratch); mean over seeds")
+        labelled_rows = set()
+        for slot, ax in enumerate(axes):
+            if slot not in slots.index:
+                ax.remove()  # the grid keeps its place: the columns stay temperatures
+                continue
+            grid = 100 * cells[cells["slot"] == slot].pivot_table("mean", "series", "hue").reindex(
+                index=teachers, columns=students)
             image = ax.imshow(grid.to_numpy(float), cmap="cividis", vmin=vmin, vmax=vmax, aspect="auto")
             for (r, c), m in np.ndenumerate(grid.to_numpy(float)):
                 if np.isfinite(m):
@@ -206,11 +206,14 @@ def accuracy_heatmap(data: pd.DataFrame) -> list:
                             color="black" if m > (vmin + vmax) / 2 else "white")
             ax.set_xticks(range(len(students)), [f"{s} ({_pct(scratch_acc.get(s))})" for s in students],
                           rotation=90)
+            first = slot // ncols not in labelled_rows  # teacher names on the first panel of each row
+            labelled_rows.add(slot // ncols)
             ax.set_yticks(range(len(teachers)), [f"{t} ({_pct(teacher_acc.get(t))})" for t in teachers]
-                          if i % ncols == 0 else [])
+                          if first else [])
             ax.spines[:].set_visible(False)
-        fig.colorbar(image, ax=axes, shrink=0.6, label="student top-1 (%)")
-        set_titles(fig, axes, panels)
+        shown = [ax for slot, ax in enumerate(axes) if slot in slots.index]
+        fig.colorbar(image, ax=shown, shrink=0.6, label="student top-1 (%)")
+        set_titles(fig, shown, [slots[slot] for slot in sorted(slots.index)])
         pages.append(finish(fig))
     return pages
 
@@ -226,8 +229,8 @@ def _temperature_data(tables: Tables) -> pd.DataFrame:
     if kd.empty or kd["temperature"].nunique() < 2:
         return EMPTY
     kd = kd_order(kd)
-    panel, within = panels_of(kd, ["pair", "loss"], ["mix", "mixed_view"], 12 * kd["temperature"].nunique())
-    kd = kd.assign(panel=panel + " (" + teacher_kind(kd) + " teacher)", kind="distilled",
+    kd, within = panels_of(kd, ["pair", "loss"], ["mix", "mixed_view"], 12 * kd["temperature"].nunique())
+    kd = kd.assign(panel=kd["panel"] + " (" + teacher_kind(kd) + " teacher)", kind="distilled",
                    series=describe(kd, tuple(within), always=("mix",)), hue=kd["temperature"])
     if "mixed_view" not in within or not varies(kd, "mixed_view"):
         kd["mixed_view"] = "none"  # not in the series' names: not in their line styles either

@@ -44,9 +44,9 @@ def _groups(tables: Tables, metric: str) -> pd.DataFrame:
     kd = summary_rows(tables, metric, ("student",), scalar=False)
     if len(kd):
         kd = by_pair(kd_order(kd))
-        panel, within = panels_of(kd, ["pair", "temperature", "loss"], ["mix", "mixed_view"], 8,
-                                  always=("pair", "temperature"))
-        kd = kd.assign(panel="KD " + panel, series=describe(kd, tuple(within), always=("mix",)))
+        kd, within = panels_of(kd, ["pair", "temperature", "loss"], ["mix", "mixed_view"], 8,
+                               always=("pair", "temperature"))
+        kd = kd.assign(panel="KD " + kd["panel"], series=describe(kd, tuple(within), always=("mix",)))
         if "mixed_view" not in within or not varies(kd, "mixed_view"):
             kd["mixed_view"] = "none"  # not in the series' names: not in their line styles either
     groups = [teachers.iloc[sorted(range(len(teachers)), key=lambda i: natural(teachers["panel"].iat[i]))],

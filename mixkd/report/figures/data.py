@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ...columns import VIEW_ORDER, describe, natural
+from ...columns import LABEL_AXES, VIEW_ORDER, describe, natural
 from ...tables import Tables
 
 QUALIFIERS = ("metric_temperature", "attack", "epsilon", "bin", "class", "x")
@@ -38,27 +38,51 @@ def scratch_order(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.iloc[sorted(range(len(rows)), key=key.__getitem__)]
 
 
-def kd_order(rows: pd.DataFrame) -> pd.DataFrame:
-    """Distilled variants in reading order: without mixing first, then by mix, view, temperature and loss."""
+def kd_order(rows: pd.DataFrame, temperature_last: bool = False) -> pd.DataFrame:
+    """Distilled variants in reading order: without mixing first, then by mix, view, temperature and loss (or
+    loss, then temperature, where temperatures are told apart by colour rather than by row)."""
     key = pd.DataFrame({"mixed": rows["mix"] != "none", "mix": rows["mix_label"],
                         "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER else -1),
                         "t": rows["temperature"], "loss": rows["loss_label"]})
-    return rows.loc[key.sort_values(list(key.columns), kind="stable").index]
+    order = ["mixed", "mix", "view", "loss", "t"] if temperature_last else list(key.columns)
+    return rows.loc[key.sort_values(order, kind="stable").index]
 
 
 def panels_of(rows: pd.DataFrame, panel_axes: list[str], within: list[str], max_items: int,
-              always: tuple[str, ...] = ("pair",)) -> tuple[pd.Series, list[str]]:
-    """Each row's panel title, moving axes from the end of `within` (what a panel tells apart: its bars or lines)
-    into the title while a panel would hold more than `max_items` of them. Returns the titles and the axes left
-    within."""
+              always: tuple[str, ...] = ("pair",)) -> tuple[pd.DataFrame, list[str]]:
+    """`rows` with a `panel` title each, moving axes from the end of `within` (what a panel tells apart: its dots
+    or lines) into the titles while a panel would hold more than `max_items` of them. Once the view names
+    panels, the variants without mixing (one run whatever the view) are drawn in each view's panel, as the
+    reference the mixed variants there are read against. Returns those rows and the axes left within."""
     within, panel_axes = list(within), list(panel_axes)
     while True:
-        panel = describe(rows, tuple(panel_axes), always=always)
-        items = describe(rows, tuple(within), always=tuple(within)) + rows["temperature"].map(str)
-        if rows.assign(panel=panel, item=items).groupby("panel")["item"].nunique().max() <= max_items \
+        keys = [LABEL_AXES[a][0] for a in panel_axes if a != "view"]
+        drawn = plain_in_every_view(rows, keys) if "view" in panel_axes else rows
+        panel = describe(drawn, tuple(panel_axes), always=always)
+        items = describe(drawn, tuple(within), always=tuple(within)) + drawn["temperature"].map(str)
+        if drawn.assign(panel=panel, item=items).groupby("panel")["item"].nunique().max() <= max_items \
                 or len(within) == 1:
-            return panel, within
-        panel_axes.append(within.pop())
+            return drawn.assign(panel=panel), within
+        moved = within.pop()
+        panel_axes.append("view" if moved == "mixed_view" else moved)  # a panel's view names its plain rows too
+
+
+def plain_in_every_view(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows without mixing (stored with the view 'none') repeated, in place, under each view the mixed rows of
+    their panel (the same `keys` columns) use."""
+    ordered = rows.assign(position=range(len(rows)))
+    mixed = ordered["mix"] != "none"
+    key = (lambda frame: list(zip(*(frame[k] for k in keys)))) if keys else (lambda frame: [()] * len(frame))
+    views: dict[tuple, set] = {}
+    for k, view in zip(key(ordered[mixed]), ordered.loc[mixed, "mixed_view"]):
+        views.setdefault(k, set()).add(view)
+    plain = ordered[~mixed].assign(key=key(ordered[~mixed]))
+    parts = [ordered[mixed]]
+    for k in dict.fromkeys(plain["key"]):
+        used = [v for v in VIEW_ORDER if v != "none" and v in views.get(k, ())] or ["none"]
+        parts += [plain[plain["key"] == k].drop(columns="key").assign(mixed_view=v) for v in used]
+    expanded = pd.concat(parts, ignore_index=True)
+    return expanded.sort_values("position", kind="stable").drop(columns="position").reset_index(drop=True)
 
 
 def teacher_kind(rows: pd.DataFrame) -> pd.Series:

@@ -43,8 +43,8 @@ def _data(tables: Tables) -> pd.DataFrame:
         parts.append(scratch.assign(panel=scratch["name"] + " from scratch", series=scratch["mix_label"]))
     if len(kd):
         kd = by_pair(kd_order(kd))
-        panel, within = panels_of(kd, ["pair"], ["mix", "mixed_view", "loss"], MAX_ROWS)
-        parts.append(kd.assign(panel="KD " + panel, series=describe(kd, (*within, "temperature"), always=("mix",))))
+        kd, within = panels_of(kd, ["pair"], ["mix", "mixed_view", "loss"], MAX_ROWS)
+        parts.append(kd.assign(panel="KD " + kd["panel"], series=describe(kd, (*within, "temperature"), always=("mix",))))
     rows = pd.concat(parts, ignore_index=True)
     return paginate(rows[["panel", "series", "column", *VALUES]], _size(rows), 3, [])
 
