@@ -142,7 +142,8 @@ def describe(rows: pd.DataFrame, axes: tuple[str, ...], always: tuple[str, ...] 
     if rows.empty:
         return pd.Series(index=rows.index, dtype=object)
     shown = [a for a in axes if a in always or varies(rows, a)]
-    return rows.apply(lambda r: " · ".join(t for a in shown if (t := LABEL_AXES[a][1](r))), axis=1).astype(object)
+    return rows.apply(lambda r: " · ".join(t for a in shown if (t := LABEL_AXES[a][1](r))),
+                      axis=1).astype(object)
 
 
 KD_AXES = ("pair", "mix", "mixed_view", "temperature", "loss")

@@ -34,23 +34,25 @@ def by_pair(rows: pd.DataFrame) -> pd.DataFrame:
 
 def scratch_order(rows: pd.DataFrame) -> pd.DataFrame:
     """Students from scratch by name, each without mixing first, then by mix."""
-    key = [(natural(n), m != "none", label) for n, m, label in zip(rows["name"], rows["mix"], rows["mix_label"])]
+    key = [(natural(n), m != "none", label)
+           for n, m, label in zip(rows["name"], rows["mix"], rows["mix_label"])]
     return rows.iloc[sorted(range(len(rows)), key=key.__getitem__)]
 
 
 def kd_order(rows: pd.DataFrame) -> pd.DataFrame:
     """Distilled variants in reading order: without mixing first, then by mix, view, temperature and loss."""
     key = pd.DataFrame({"mixed": rows["mix"] != "none", "mix": rows["mix_label"],
-                        "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER else -1),
+                        "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER
+                                                       else -1),
                         "t": rows["temperature"], "loss": rows["loss_label"]})
     return rows.loc[key.sort_values(list(key.columns), kind="stable").index]
 
 
 def panels_of(rows: pd.DataFrame, panel_axes: list[str], within: list[str], max_items: int,
               always: tuple[str, ...] = ("pair",)) -> tuple[pd.Series, list[str]]:
-    """Each row's panel title, moving axes from the end of `within` (what a panel tells apart: its bars or lines)
-    into the title while a panel would hold more than `max_items` of them. Returns the titles and the axes left
-    within."""
+    """Each row's panel title, moving axes from the end of `within` (what a panel tells apart: its bars or
+    lines) into the title while a panel would hold more than `max_items` of them. Returns the titles and the
+    axes left within."""
     within, panel_axes = list(within), list(panel_axes)
     while True:
         panel = describe(rows, tuple(panel_axes), always=always)
