@@ -112,8 +112,9 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
                             frame["teacher"].notna()))
 
 
-# Each axis a label can name: the column its values are told apart by, and how a value is written (`mixed_view`
-# only where something was mixed, and it varies only among those rows; `view`, a panel's, wherever it is set).
+# Each axis a label can name: the column its values are told apart by, and how a value is written
+# (`mixed_view` only where something was mixed, and it varies only among those rows; `view`, a panel's,
+# wherever it is set).
 LABEL_AXES = {
     "pair": ("pair", lambda r: r["pair"]),
     "teacher": ("teacher", lambda r: r["teacher"]),
@@ -143,7 +144,8 @@ def describe(rows: pd.DataFrame, axes: tuple[str, ...], always: tuple[str, ...] 
     if rows.empty:
         return pd.Series(index=rows.index, dtype=object)
     shown = [a for a in axes if a in always or varies(rows, a)]
-    return rows.apply(lambda r: " · ".join(t for a in shown if (t := LABEL_AXES[a][1](r))), axis=1).astype(object)
+    return rows.apply(lambda r: " · ".join(t for a in shown if (t := LABEL_AXES[a][1](r))),
+                      axis=1).astype(object)
 
 
 KD_AXES = ("pair", "mix", "mixed_view", "temperature", "loss")

@@ -27,7 +27,8 @@ def comparable_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such table (run `mixkd run` or `mixkd report` first)")
         df = pd.read_parquet(path)
-        aside = columns.of_kind(df, *SET_ASIDE) if name == "runs" else EPOCH_TIMING if name == "epochs" else ()
+        aside = (columns.of_kind(df, *SET_ASIDE) if name == "runs"
+                 else EPOCH_TIMING if name == "epochs" else ())
         df = df.drop(columns=[c for c in aside if c in df.columns])
         tables[name] = df.sort_values(keys or list(df.columns), ignore_index=True)
     return tables

@@ -43,24 +43,24 @@ def read_record(out: Path) -> Study:
                          f"`mixkd run STUDY --out {out}` to rewrite it") from None
     for spec, stored in zip(runs, record["runs"]):
         if spec.run_id != stored["run_id"]:
-            raise MixkdError(f"{path}: run {stored['run_id']}'s config hashes to {spec.run_id} (the file was edited); "
-                             f"rerun `mixkd run STUDY --out {out}` to rewrite it")
+            raise MixkdError(f"{path}: run {stored['run_id']}'s config hashes to {spec.run_id} "
+                             f"(the file was edited); rerun `mixkd run STUDY --out {out}` to rewrite it")
     return Study(record["name"], record["source"], file, runs, record["dataset"], record["study_file"])
 
 
 def check_same_study(study: Study, out: Path, command: str) -> None:
-    """Refuse a study that is not the one `out` holds. To run, it must share runs with it (an edited or renamed
-    study trains what is new; another study belongs in another folder); to report or list, it must have exactly
-    its runs (else the tables would describe runs `out` never trained)."""
+    """Refuse a study that is not the one `out` holds. To run, it must share runs with it (an edited or
+    renamed study trains what is new; another study belongs in another folder); to report or list, it must
+    have exactly its runs (else the tables would describe runs `out` never trained)."""
     if not has_record(out):
         return
     stored = read_record(out)
     mine, theirs = {r.run_id for r in study.runs}, {r.run_id for r in stored.runs}
     held = f"{out} holds study {stored.name!r} ({len(theirs)} runs)"
     if command == "run" and theirs and not mine & theirs:
-        raise MixkdError(f"{held}, none of them a run of {study.source}: give another --out, or leave out STUDY "
-                         f"to resume the one stored there")
+        raise MixkdError(f"{held}, none of them a run of {study.source}: give another --out, or leave out "
+                         f"STUDY to resume the one stored there")
     if command != "run" and mine != theirs:
-        raise MixkdError(f"{held}, but {study.source} resolves to {len(mine)} runs: {len(mine - theirs)} of them "
-                         f"not there, {len(theirs - mine)} of its runs not in the study; `mixkd run` the study to "
-                         f"update it, or leave out STUDY to {command} what is there")
+        raise MixkdError(f"{held}, but {study.source} resolves to {len(mine)} runs: {len(mine - theirs)} of "
+                         f"them not there, {len(theirs - mine)} of its runs not in the study; `mixkd run` "
+                         f"the study to update it, or leave out STUDY to {command} what is there")

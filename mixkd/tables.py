@@ -1,4 +1,5 @@
-"""Tidy tables from run directories: runs (one row per run), epochs (run × epoch), metrics (run × observation).
+"""Tidy tables from run directories: runs (one row per run), epochs (run × epoch), metrics
+(run × observation).
 
 Rebuilt from the run directories every time, so they can never disagree with what was trained, and
 written deterministically so an unchanged study gives byte-identical files. Every column of the runs table
@@ -20,9 +21,9 @@ from .errors import MixkdError
 from .rundir import RunDir, atomic_write
 from .study import RunSpec, Study, run_id
 
-RUN_COLUMNS = ["run_id", "variant_id", "variant", "study", "role", "name", "model", "teacher", "student", "dataset",
-               "mix", "mix_alpha", "temperature", "mixed_view", "loss", "seed", "epochs", "status", "top1_last",
-               "top1_best", "train_seconds"]
+RUN_COLUMNS = ["run_id", "variant_id", "variant", "study", "role", "name", "model", "teacher", "student",
+               "dataset", "mix", "mix_alpha", "temperature", "mixed_view", "loss", "seed", "epochs", "status",
+               "top1_last", "top1_best", "train_seconds"]
 SUMMARY_SKIP = {"run_id", "traceback"}
 # integers that a run without a recipe (a checkpoint teacher) or a failed run leaves empty: kept integers
 INTEGER_COLUMNS = ("seed", "epochs", "batch_size", "eval_batch_size", "best_epoch", "lockstep_size",
@@ -35,11 +36,13 @@ def _flat(value):
 
 def _prefixed(prefix: str, component: dict) -> dict:
     """{name: mixup, alpha: 1} → {mix: mixup, mix_alpha: 1}."""
-    return {prefix: component["name"], **{f"{prefix}_{k}": _flat(v) for k, v in component.items() if k != "name"}}
+    return {prefix: component["name"],
+            **{f"{prefix}_{k}": _flat(v) for k, v in component.items() if k != "name"}}
 
 
 def variant_id(spec: RunSpec) -> str:
-    """The run's config without its seed, with the names it goes by: runs that differ only in seed share it."""
+    """The run's config without its seed, with the names it goes by: runs that differ only in seed share
+    it."""
     config = {k: v for k, v in spec.config.items() if k != "seed"}
     return run_id({"config": config, "labels": {k: spec.labels[k] for k in ("name", "teacher", "student")}})
 
@@ -48,7 +51,8 @@ def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec 
     c, d = spec.config, spec.config["distill"]
     recipe = {k: _flat(v) for k, v in (c["recipe"] or {}).items() if k != "schedule"}
     schedule = _prefixed("schedule", c["recipe"]["schedule"]) if c["recipe"] else {}
-    row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": c["role"], "name": spec.labels["name"], "model": c["model"],
+    row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": c["role"],
+           "name": spec.labels["name"], "model": c["model"],
            "teacher": spec.labels["teacher"], "student": spec.labels["student"],
            "teacher_id": d["teacher"] if d else None,
            "teacher_model": teacher.config["model"] if teacher else None,
@@ -67,7 +71,8 @@ def runs_table(study: Study, out: Path) -> pd.DataFrame:
 
 
 def build_runs_table(study: Study, summaries: dict[str, dict | None]) -> pd.DataFrame:
-    """One row per run of `study` from its config and summary (None: pending); every column of a declared kind."""
+    """One row per run of `study` from its config and summary (None: pending); every column of a declared
+    kind."""
     specs = {r.run_id: r for r in study.runs}
     rows = []
     for spec in study.runs:
@@ -75,13 +80,15 @@ def build_runs_table(study: Study, summaries: dict[str, dict | None]) -> pd.Data
         rows.append(run_row(spec, study, summaries.get(spec.run_id), specs[d["teacher"]] if d else None))
     df = pd.DataFrame(rows)
     df.insert(2, "variant", columns.variant_labels(df))
-    rest = sorted((c for c in df.columns if c not in RUN_COLUMNS), key=lambda c: (columns.KINDS.index(columns.kind(c)), c))
+    rest = sorted((c for c in df.columns if c not in RUN_COLUMNS),
+                  key=lambda c: (columns.KINDS.index(columns.kind(c)), c))
     df = df.reindex(columns=RUN_COLUMNS + rest)  # a fixed order, however the configs' keys were ordered
     return df.astype({c: "Int64" for c in INTEGER_COLUMNS if c in df.columns})
 
 
 def epochs_table(study: Study, out: Path) -> pd.DataFrame:
-    rows = [{"run_id": spec.run_id, **record} for spec in study.runs for record in RunDir(out, spec.run_id).read_epochs()]
+    rows = [{"run_id": spec.run_id, **record}
+            for spec in study.runs for record in RunDir(out, spec.run_id).read_epochs()]
     return pd.DataFrame(rows, columns=None if rows else ["run_id", "epoch", "lr", "train_loss", "test_top1",
                                                          "test_loss", "seconds"])
 
@@ -133,8 +140,8 @@ def read_tables(folder: str | Path) -> Tables:
     folder = Path(folder)
     if not (folder / "runs.parquet").is_file():
         where = "no such folder" if not folder.is_dir() else "no runs.parquet in it"
-        raise MixkdError(f"{folder}: not the output folder of a study ({where}); `mixkd run STUDY` writes one, "
-                         f"e.g. out/quickstart, and results/quickstart holds a finished one")
+        raise MixkdError(f"{folder}: not the output folder of a study ({where}); `mixkd run STUDY` writes "
+                         f"one, e.g. out/quickstart, and results/quickstart holds a finished one")
 
     def read(name: str, reader, columns: list[str]) -> pd.DataFrame:
         return reader(folder / name) if (folder / name).exists() else pd.DataFrame(columns=columns)

@@ -1,4 +1,5 @@
-"""Legibility checks of a rendered figure page: what a reader trips on, found from the drawn text's extents."""
+"""Legibility checks of a rendered figure page: what a reader trips on, found from the drawn text's
+extents."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _boxes(fig: Figure, renderer) -> tuple[list[tuple[str, np.ndarray]], list[np
     legends = [a for a in fig.findobj(Legend) if a.get_visible()]
     skipped = {id(t) for lg in legends for t in lg.findobj(Text)}
     for axis in (a for ax in fig.axes for a in (ax.xaxis, ax.yaxis)):
-        drawn = {id(x) for tick in axis._update_ticks() for x in (tick.label1, tick.label2)}  # within the view
+        drawn = {id(x) for tick in axis._update_ticks()
+                 for x in (tick.label1, tick.label2)}  # within the view
         skipped |= {id(x) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
                     for x in (tick.label1, tick.label2) if id(x) not in drawn}
     texts = []
@@ -51,7 +53,8 @@ def layout_problems(fig: Figure) -> list[str]:
             problems.append(f"text outside the page: {label!r}")
     if texts:
         boxes = np.array([box for _, box in texts])
-        lo, hi = np.maximum(boxes[:, None, :2], boxes[None, :, :2]), np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+        lo, hi = (np.maximum(boxes[:, None, :2], boxes[None, :, :2]),
+                  np.minimum(boxes[:, None, 2:], boxes[None, :, 2:]))
         crossing = np.triu(((hi - lo) > 1.0).all(axis=2), k=1)  # both sides overlap by more than a pixel
         for i, j in zip(*np.nonzero(crossing)):
             problems.append(f"texts overlap: {texts[i][0]!r} and {texts[j][0]!r}")

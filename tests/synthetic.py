@@ -36,23 +36,25 @@ def top1(spec) -> float:
     return acc + 0.012 * (_unit(spec.run_id) - 0.5)
 
 
-def summaries(study: Study, status: Callable[[RunSpec], str] = lambda spec: "complete") -> dict[str, dict | None]:
-    """Each run's summary as `status(run)` says: complete (with its known top-1), failed, or pending (none)."""
+def summaries(study: Study,
+              status: Callable[[RunSpec], str] = lambda spec: "complete") -> dict[str, dict | None]:
+    """Each run's summary as `status(run)` says: complete (with its known top-1), failed, or pending
+    (none)."""
     out = {}
     for spec in study.runs:
         acc, state = top1(spec), status(spec)
         out[spec.run_id] = None if state == "pending" else \
             {"run_id": spec.run_id, "status": "failed", "error": "NonFiniteLoss: training loss became nan"} \
             if state == "failed" else \
-            {"run_id": spec.run_id, "status": "complete", "top1_last": acc, "top1_best": acc + 0.005, "best_epoch": 10,
-             "train_seconds": 60.0, "top5_last": min(1.0, acc + 0.2), "nll_last": 1.2, "ece_last": 0.05,
-             "brier_last": 0.4, "entropy_last": 0.6}
+            {"run_id": spec.run_id, "status": "complete", "top1_last": acc, "top1_best": acc + 0.005,
+             "best_epoch": 10, "train_seconds": 60.0, "top5_last": min(1.0, acc + 0.2), "nll_last": 1.2,
+             "ece_last": 0.05, "brier_last": 0.4, "entropy_last": 0.6}
     return out
 
 
 def last_runs(study: Study, failed: int = 0, pending: int = 0) -> Callable[[RunSpec], str]:
-    """A status: the study's last `failed` runs failed, the `pending` before them not yet run (runs are ordered
-    teachers, scratch, students)."""
+    """A status: the study's last `failed` runs failed, the `pending` before them not yet run (runs are
+    ordered teachers, scratch, students)."""
     index = {spec.run_id: i for i, spec in enumerate(study.runs)}
     n = len(study.runs)
     return lambda spec: ("failed" if index[spec.run_id] >= n - failed else
@@ -70,8 +72,9 @@ def metrics_rows(study: Study, runs: pd.DataFrame, num_classes: int, tsne_points
     rng = np.random.default_rng(0)
     ids, acc = done["run_id"].to_numpy(), done["top1_last"].to_numpy(float)
     specs = {s.run_id: s for s in study.runs}
-    blocks = [_block(ids, m, v) for m, v in (("top1", acc), ("top5", np.minimum(1, acc + 0.2)), ("nll", 2 - acc),
-                                                ("brier", 1 - acc), ("ece", 0.1 * (1 - acc)), ("entropy", 1 - acc),
+    blocks = [_block(ids, m, v) for m, v in (("top1", acc), ("top5", np.minimum(1, acc + 0.2)),
+                                                ("nll", 2 - acc), ("brier", 1 - acc),
+                                                ("ece", 0.1 * (1 - acc)), ("entropy", 1 - acc),
                                                 ("logit_norm", 10 * acc), ("logit_std", 3 * acc),
                                                 ("scatter_ratio", 1 - acc))]
     temps = [(rid, t) for rid in ids for t in _temperatures(specs[rid])]
@@ -83,7 +86,8 @@ def metrics_rows(study: Study, runs: pd.DataFrame, num_classes: int, tsne_points
                          temperature=1.0, **{"class": classes}))
     bins = np.tile(np.arange(20), len(ids))
     hist = rng.dirichlet(np.ones(20), len(ids)).ravel()
-    blocks.append(_block(np.repeat(ids, 20), "entropy_hist", hist, temperature=1.0, bin=bins, x=(bins + 0.5) / 20))
+    blocks.append(_block(np.repeat(ids, 20), "entropy_hist", hist, temperature=1.0, bin=bins,
+                         x=(bins + 0.5) / 20))
     rel = np.tile(np.arange(5, 15), len(ids))  # the high-confidence bins only, as a good model has
     conf = (rel + 0.5) / 15
     for m, v in (("reliability_count", np.full(len(rel), 30.0)), ("reliability_confidence", conf),
@@ -91,10 +95,13 @@ def metrics_rows(study: Study, runs: pd.DataFrame, num_classes: int, tsne_points
         blocks.append(_block(np.repeat(ids, 10), m, v, bin=rel, x=(rel + 0.5) / 15))
     for attack, drop in (("fgsm", 0.3), ("pgd10", 0.5)):
         for e in (0.0, *EPSILONS):  # ε = 0: the attacked images, clean
-            blocks.append(_block(ids, "robust_top1", acc * (1 - drop * e * 255 / 4), attack=attack, epsilon=e))
+            blocks.append(_block(ids, "robust_top1", acc * (1 - drop * e * 255 / 4), attack=attack,
+                                 epsilon=e))
     kd = done[done["role"] == "student"]
-    k_ids, k_acc, k_t = kd["run_id"].to_numpy(), kd["top1_last"].to_numpy(float), kd["temperature"].to_numpy(float)
-    blocks += [_block(k_ids, "agreement", k_acc + 0.1), _block(k_ids, "kl_teacher_student", 0.2 / k_t, temperature=k_t),
+    k_ids, k_acc, k_t = (kd["run_id"].to_numpy(), kd["top1_last"].to_numpy(float),
+                         kd["temperature"].to_numpy(float))
+    blocks += [_block(k_ids, "agreement", k_acc + 0.1),
+               _block(k_ids, "kl_teacher_student", 0.2 / k_t, temperature=k_t),
                _block(k_ids, "logit_corr", 0.9 * k_acc), _block(k_ids, "logit_corr_sample", 0.8 * k_acc)]
     mapped = done[(done["role"] == "teacher") | (done["seed"] == 0)]["run_id"].to_numpy()
     points = len(mapped) * tsne_points
@@ -110,8 +117,8 @@ def _temperatures(spec) -> tuple[float, ...]:
 
 def epochs_rows(runs: pd.DataFrame, epochs: int = 3) -> pd.DataFrame:
     done = runs[runs["status"] == "complete"]
-    return pd.DataFrame([{"run_id": r, "epoch": e, "lr": 0.05, "train_loss": 1.0 / e, "test_top1": a * e / epochs,
-                          "test_loss": 1.0 / e, "seconds": 1.0}
+    return pd.DataFrame([{"run_id": r, "epoch": e, "lr": 0.05, "train_loss": 1.0 / e,
+                          "test_top1": a * e / epochs, "test_loss": 1.0 / e, "seconds": 1.0}
                          for r, a in zip(done["run_id"], done["top1_last"]) for e in range(1, epochs + 1)])
 
 

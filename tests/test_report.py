@@ -31,23 +31,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- a grid with every axis varying, and known accuracies --------------------------------------------------
 
-GRID = tiny_study("grid", teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
+GRID = tiny_study("grid",
+                  teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
                   students=["cnn_tiny", {"name": "tiny_lr", "model": "cnn_tiny", "recipe": {"lr": 0.01}}],
                   grid={"mix": ["none", "mixup", {"name": "pmu", "mixed_fraction": 0.5},
                                 {"name": "pmu", "mixed_fraction": 0.5, "reference_sampling": True}],
                         "temperature": [1, 4], "mixed_view": ["student", "both"],
-                        "loss": ["kd", {"name": "kd", "ce_weight": 0.5, "kd_weight": 0.5}], "seeds": [0, 1, 2]})
+                        "loss": ["kd", {"name": "kd", "ce_weight": 0.5, "kd_weight": 0.5}],
+                        "seeds": [0, 1, 2]})
 KD = "kd(ce_weight=0.1,kd_weight=0.9)"  # the grid's default KD loss, as labels name it beside the 0.5/0.5 one
 NOISE = {0: 0.0, 1: 0.01, 2: -0.004}  # per seed: shared by every variant (common random numbers)
 
 
 def accuracy(spec) -> float:
-    """A known top-1 per run: effects of role, mix, view, T and teacher, seed noise, and for mixup-both at T=4 a
-    per-seed interaction (so its differences have variance)."""
+    """A known top-1 per run: effects of role, mix, view, T and teacher, seed noise, and for mixup-both at T=4
+    a per-seed interaction (so its differences have variance)."""
     c, d = spec.config, spec.config["distill"]
     acc = {"teacher": 0.9, "scratch": 0.6, "student": 0.7}[c["role"]] + NOISE[c["seed"]]
-    acc += {"none": 0.0, "mixup": 0.02, "pmu": 0.01}[c["mix"]["name"]] + 0.005 * c["mix"].get("reference_sampling",
-                                                                                                  False)
+    acc += ({"none": 0.0, "mixup": 0.02, "pmu": 0.01}[c["mix"]["name"]]
+            + 0.005 * c["mix"].get("reference_sampling", False))
     if d:
         acc += 0.003 * d["temperature"] + (0.004 if d["mixed_view"] == "both" else 0.0)
         acc -= 0.01 if spec.labels["teacher"] == "t_mix" else 0.0
@@ -57,7 +59,8 @@ def accuracy(spec) -> float:
 
 
 def runs_of(study, value=accuracy, seeds=None) -> pd.DataFrame:
-    summaries = {r.run_id: {"run_id": r.run_id, "status": "complete", "top1_last": value(r), "top1_best": value(r)}
+    summaries = {r.run_id: {"run_id": r.run_id, "status": "complete", "top1_last": value(r),
+                            "top1_best": value(r)}
                  for r in study.runs if seeds is None or r.config["seed"] in seeds}
     return build_runs_table(study, summaries)
 
@@ -91,7 +94,8 @@ def test_a_variant_is_every_config_axis_but_the_seed(grid):
     assert (seeds.drop(teachers) == 3).all() and (seeds[teachers] == 1).all()
     config = columns.of_kind(runs, "config")
     assert (per_variant[config].nunique(dropna=False) <= 1).all().all()
-    assert per_variant["variant"].nunique().max() == 1 and runs.groupby("variant")["variant_id"].nunique().max() == 1
+    assert (per_variant["variant"].nunique().max() == 1
+            and runs.groupby("variant")["variant_id"].nunique().max() == 1)
 
 
 def test_variant_labels_name_only_the_axes_that_vary(grid):
@@ -99,7 +103,8 @@ def test_variant_labels_name_only_the_axes_that_vary(grid):
     assert "t→cnn_tiny · pmu(reference_sampling) · both · T=4 · kd(ce_weight=0.5,kd_weight=0.5)" in labels
     assert f"t_mix→tiny_lr · pmu · student · T=1 · {KD}" in labels  # the student's name, not its model
     assert f"t→cnn_tiny · none · T=1 · {KD}" in labels  # no view where nothing is mixed
-    assert {"teacher t", "teacher t_mix", "tiny_lr from scratch · mixup", "cnn_tiny from scratch · none"} <= labels
+    assert {"teacher t", "teacher t_mix", "tiny_lr from scratch · mixup",
+            "cnn_tiny from scratch · none"} <= labels
     small = parse_study(tiny_study("small", grid={"mix": ["none", "mixup"], "temperature": [4],
                                                   "mixed_view": ["both"], "seeds": [0]}))
     assert set(runs_of(small, seeds={0})["variant"]) == {"teacher t", "cnn_tiny from scratch · none",
@@ -144,7 +149,8 @@ def test_summary_csv_and_parquet_hold_one_table(trained):
 
 def test_comparisons_run_along_every_axis_that_varies(grid):
     c = comparisons_table(runs_of(grid), NO_METRICS)
-    assert set(c["axis"]) == {"mix", "temperature", "mixed_view", "loss", "teacher_mix", "student", "distillation"}
+    assert set(c["axis"]) == {"mix", "temperature", "mixed_view", "loss", "teacher_mix", "student",
+                              "distillation"}
     assert set(c["metric"]) == {"top1_last"}
     mix = c[c["axis"] == "mix"]
     assert set(mix["a"]) == {"none"} and set(mix["b"]) == {"mixup", "pmu", "pmu(reference_sampling)"}
@@ -155,7 +161,8 @@ def test_comparisons_run_along_every_axis_that_varies(grid):
     kd = c[c["axis"] == "distillation"]
     assert set(kd["a"]) == {"from scratch"} and len(kd) == len(GRID_KD_VARIANTS(grid))
     assert set(c.loc[c["axis"] == "mixed_view", "b"]) == {"both"}
-    assert set(zip(c.loc[c["axis"] == "temperature", "a"], c.loc[c["axis"] == "temperature", "b"])) == {("1", "4")}
+    assert set(zip(c.loc[c["axis"] == "temperature", "a"],
+                   c.loc[c["axis"] == "temperature", "b"])) == {("1", "4")}
 
 
 def GRID_KD_VARIANTS(study):  # noqa: N802 - a constant of the grid, computed
@@ -204,7 +211,8 @@ def test_the_leaderboard_ranks_each_pairs_variants_against_its_two_baselines(gri
         assert rows["rank"].min() == 1 and rows["top1"].is_monotonic_decreasing
         assert rows["rank"].is_monotonic_increasing
     best = board.iloc[0]
-    cmp = comparisons[(comparisons["axis"] == "distillation") & (comparisons["b_variant_id"] == best["variant_id"])]
+    cmp = comparisons[(comparisons["axis"] == "distillation")
+                      & (comparisons["b_variant_id"] == best["variant_id"])]
     assert best["delta_vs_scratch"] == pytest.approx(cmp["mean_diff"].item())
     assert best["delta_vs_scratch_verdict"] == cmp["verdict"].item()
     plain = board[board["setting"].str.startswith("none")]
@@ -228,12 +236,14 @@ def paper(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small study trained and reported by `mixkd run` (two teachers, two mixes, two views, two T, 2 seeds)."""
+    """A small study trained and reported by `mixkd run` (two teachers, two mixes, two views, two T,
+    2 seeds)."""
     tmp = tmp_path_factory.mktemp("trained")
     study = tiny_study("trained", recipe={**RECIPE, "lr": 0.05},
-                       teachers={"t": {"model": "cnn_small"}, "t_mix": {"model": "cnn_small", "mix": "mixup"}},
-                       grid={"mix": ["none", "mixup"], "temperature": [1, 4], "mixed_view": ["student", "both"],
-                             "seeds": [0, 1]})
+                       teachers={"t": {"model": "cnn_small"},
+                                 "t_mix": {"model": "cnn_small", "mix": "mixup"}},
+                       grid={"mix": ["none", "mixup"], "temperature": [1, 4],
+                             "mixed_view": ["student", "both"], "seeds": [0, 1]})
     assert run(write(tmp, study), tmp / "out") == 0
     return tmp / "out"
 
@@ -256,13 +266,15 @@ def _drawn_matches_the_summary(data: pd.DataFrame, tables) -> None:
 @pytest.mark.parametrize("fixture", ["paper", "trained"])
 def test_every_figure_is_legible_and_draws_the_numbers_of_summary_csv(fixture, request):
     tables = read_tables(request.getfixturevalue(fixture))
-    kd_pairs = set(tables.runs.loc[tables.runs["role"] == "student", ["teacher", "student"]].itertuples(index=False))
+    kd_pairs = set(tables.runs.loc[tables.runs["role"] == "student", ["teacher", "student"]]
+                   .itertuples(index=False))
     drawn = set()
     for name in FIGURES:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # constrained layout not applied, tight layout failing, ...
             data, pages = render(name, tables)
-            problems = [f"{name} page {i}: {p}" for i, fig in enumerate(pages, 1) for p in layout_problems(fig)]
+            problems = [f"{name} page {i}: {p}"
+                        for i, fig in enumerate(pages, 1) for p in layout_problems(fig)]
         assert not problems, problems[:10]
         if not pages:
             continue
@@ -306,7 +318,8 @@ def test_the_paper_grid_splits_figures_into_pages_and_pools_nothing_but_seeds(pa
 @pytest.mark.parametrize("done", ["teachers and scratch", "nothing"])
 def test_figures_draw_what_has_finished_and_nothing_else(grid, tmp_path, done):
     finished = {"teachers and scratch": ("teacher", "scratch"), "nothing": ()}[done]
-    write_synthetic_tables(grid, tmp_path, 4, status=lambda r: "complete" if r.role in finished else "pending")
+    write_synthetic_tables(grid, tmp_path, 4,
+                           status=lambda r: "complete" if r.role in finished else "pending")
     tables = write_statistics_tables(tmp_path)
     drawn = {name for name in FIGURES if render(name, tables)[1]}
     assert drawn == ({"teacher_entropy", "reliability", "robustness", "tsne"} if finished else set())
@@ -368,7 +381,7 @@ def test_figures_are_written_atomically_and_stale_pages_are_removed(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing.pdf", "thing.png"]
 
 
-# ---- the HTML report ----------------------------------------------------------------------------------------
+# ---- the HTML report ---------------------------------------------------------------------------------------
 
 def test_the_html_report_is_offline_and_complete(trained):
     page = (trained / "report.html").read_text()
@@ -378,7 +391,8 @@ def test_the_html_report_is_offline_and_complete(trained):
     assert all((trained / r).exists() for r in refs), [r for r in refs if not (trained / r).exists()]
     images = [r for r in refs if r.endswith(".png")]
     assert {Path(r).stem.split("-p")[0] for r in images} == set(FIGURES) - {"transmix"}
-    board = page[page.index('id=leaderboard class=sortable'):page.index("</table>", page.index("id=leaderboard c"))]
+    board = page[page.index('id=leaderboard class=sortable'):
+                 page.index("</table>", page.index("id=leaderboard c"))]
     assert board.count("<tr") - 1 == len(tables.leaderboard) == tables.summary.query(
         "role == 'student' and metric == 'top1_last'")["variant_id"].nunique()
     assert "<script>" in page and "cdn" not in page.lower()
@@ -408,7 +422,8 @@ def _execute(notebooks, km, kernel):
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: outputs"
         check = f"%reset -f\nimport sys\nassert sys.executable == {sys.executable!r}"  # the kernel under test
         nb.cells.insert(0, nbformat.v4.new_code_cell(check))
-        nbclient.NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(path.parent)}}).execute()
+        nbclient.NotebookClient(nb, km=km, timeout=300,
+                                resources={"metadata": {"path": str(path.parent)}}).execute()
         executed.append(nb)
     return executed
 
@@ -439,11 +454,12 @@ def test_a_notebook_given_a_wrong_results_path_says_so_in_one_line(tmp_path, ker
     monkeypatch.setenv("MIXKD_RESULTS", str(tmp_path / "nowhere"))
     with pytest.raises(nbclient.exceptions.CellExecutionError) as e:
         _execute([REPO / "notebooks" / "01_accuracy_by_mix.ipynb"], None, kernel)
-    assert e.value.ename == "MixkdError" and "not the output folder of a study (no such folder)" in e.value.evalue
+    assert (e.value.ename == "MixkdError"
+            and "not the output folder of a study (no such folder)" in e.value.evalue)
     assert "KeyError" not in str(e.value) and len(str(e.value.evalue).splitlines()) == 1
 
 
-# ---- an output folder knows its study ------------------------------------------------------------------------
+# ---- an output folder knows its study ----------------------------------------------------------------------
 
 def test_report_needs_no_study_and_refuses_one_that_is_not_the_folders(trained, tmp_path, capsys):
     before = {f: (trained / f).read_bytes() for f in ("runs.csv", "summary.csv", "leaderboard.csv")}

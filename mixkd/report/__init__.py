@@ -1,6 +1,6 @@
-"""A study's report, from its run directories to one HTML page: tables (`mixkd.tables`) → statistics → leaderboard
-→ figures → report.html. Everything after the tables is computed from the tables alone, so `mixkd report`
-rebuilds it anywhere the tables are, and notebooks read exactly what the figures drew."""
+"""A study's report, from its run directories to one HTML page: tables (`mixkd.tables`) → statistics
+→ leaderboard → figures → report.html. Everything after the tables is computed from the tables alone, so
+`mixkd report` rebuilds it anywhere the tables are, and notebooks read exactly what the figures drew."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def write_report(study: Study, out: Path) -> Tables:
 
 
 def write_statistics_tables(out: Path) -> Tables:
-    """summary.csv, comparisons.csv and leaderboard.csv from the runs and metrics tables in `out`; returns every
-    table read back, as figures and notebooks read them."""
+    """summary.csv, comparisons.csv and leaderboard.csv from the runs and metrics tables in `out`; returns
+    every table read back, as figures and notebooks read them."""
     out = Path(out)
     tables = read_tables(out)
     summary, comparisons = write_statistics(tables.runs, tables.metrics, out)

@@ -21,7 +21,8 @@ TABLES = ("runs.csv", "runs.parquet", "epochs.parquet", "metrics.parquet", "summ
 MAX_FINDINGS = 60
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;padding:0 24px 48px;
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;\
+padding:0 24px 48px;
 color:#1b1b1b}
 h1{margin:24px 0 4px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .meta{color:#555}nav a{margin-right:14px}
@@ -85,7 +86,8 @@ def _verdict(delta, verdict) -> tuple[str, str]:
         return "(reference)", "muted"
     if pd.isna(delta):
         return "–", "muted"
-    cls = ("sig" if delta > 0 else "neg") if verdict == "significant" else "muted" if verdict == "too few seeds" else ""
+    cls = (("sig" if delta > 0 else "neg") if verdict == "significant"
+           else "muted" if verdict == "too few seeds" else "")
     return f"{100 * delta:+.2f} <small>{_e(verdict)}</small>", cls
 
 
@@ -102,9 +104,11 @@ def _best(board: pd.DataFrame) -> str:
                    f"{_cell(_pct(r.top1), r.top1, 'num')}{_delta_cell(r.delta_vs_kd, r.delta_vs_kd_verdict)}"
                    f"{_delta_cell(r.delta_vs_scratch, r.delta_vs_scratch_verdict)}</tr>"
                    for r in board[board["rank"] == 1].itertuples())
-    return ("<h3>Best variant of each pair</h3><table class=sortable><thead><tr><th>teacher</th><th>student</th>"
-            "<th>setting</th><th class=num>top-1 %</th><th class=num>Δ vs KD w/o mixing (pts)</th>"
-            f"<th class=num>Δ vs scratch (pts)</th></tr></thead><tbody>{rows}</tbody></table><h3>All variants</h3>")
+    return ("<h3>Best variant of each pair</h3><table class=sortable><thead><tr><th>teacher</th>"
+            "<th>student</th><th>setting</th><th class=num>top-1 %</th>"
+            "<th class=num>Δ vs KD w/o mixing (pts)</th>"
+            f"<th class=num>Δ vs scratch (pts)</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<h3>All variants</h3>")
 
 
 def _leaderboard(board: pd.DataFrame) -> str:
@@ -125,7 +129,8 @@ def _leaderboard(board: pd.DataFrame) -> str:
                  _cell(f"{r.ece:.3f}" if pd.notna(r.ece) else "–", r.ece, "num")]
         rows.append(f'<tr{" class=best" if r.rank == 1 else ""}>{"".join(cells)}</tr>')
     header = "".join(f'<th{" class=num" if h in numeric else ""}>{_e(h)}</th>' for h in head)
-    return (f'<input type=search data-filter=leaderboard placeholder="filter rows, e.g. a teacher, mix or T=4">'
+    return (f'<input type=search data-filter=leaderboard '
+            f'placeholder="filter rows, e.g. a teacher, mix or T=4">'
             f'<div class=scroll><table id=leaderboard class=sortable><thead><tr>{header}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
@@ -136,13 +141,15 @@ def _findings(comparisons: pd.DataFrame) -> str:
         return "<p class=muted>No paired comparison yet (they need complete runs that share seeds).</p>"
     claimable = top1[top1["n"] >= MIN_SEEDS]
     found = claimable[claimable["significant"].astype(str) == "True"].sort_values("p_adjusted")
-    intro = (f"<p>{len(top1)} paired top-1 comparisons; {len(claimable)} with at least {MIN_SEEDS} seeds, of which "
-             f"<b>{len(found)}</b> are significant at α = {ALPHA} after the Benjamini–Hochberg correction"
-             f"{'' if len(claimable) == len(top1) else f'; {len(top1) - len(claimable)} have too few seeds'}. "
-             f"Differences are b − a in points of top-1, paired by seed.</p>")
+    intro = (f"<p>{len(top1)} paired top-1 comparisons; {len(claimable)} with at least {MIN_SEEDS} seeds, "
+             f"of which <b>{len(found)}</b> are significant at α = {ALPHA} after the Benjamini–Hochberg "
+             f"correction"
+             f"{'' if len(claimable) == len(top1) else f'; {len(top1) - len(claimable)} have too few seeds'}"
+             f". Differences are b − a in points of top-1, paired by seed.</p>")
     if claimable.empty:
-        return intro + (f"<p><b>No comparison has {MIN_SEEDS} seeds, so this study supports no claim of a difference"
-                         f"</b>: add seeds to the grid (<code>grid.seeds</code>) and run it again.</p>")
+        return intro + (f"<p><b>No comparison has {MIN_SEEDS} seeds, "
+                        f"so this study supports no claim of a difference"
+                        f"</b>: add seeds to the grid (<code>grid.seeds</code>) and run it again.</p>")
     if found.empty:
         return intro
     context = ["role", "teacher", "teacher_model", "student", "mix", "mixed_view", "temperature", "loss"]
@@ -172,8 +179,8 @@ def _figures(drawn: dict[str, list[Path]], out: Path) -> str:
             f'<figure><a href="figures/{p.name}"><img src="figures/{p.name}" alt="{_e(name)}, page {i}" '
             f'loading=lazy></a><figcaption>page {i} of {len(pages)} · <a href="figures/{p.stem}.pdf">PDF</a>'
             f'</figcaption></figure>' if len(pages) > 1 else
-            f'<figure><a href="figures/{p.name}"><img src="figures/{p.name}" alt="{_e(name)}" loading=lazy></a>'
-            f'<figcaption><a href="figures/{p.stem}.pdf">PDF</a></figcaption></figure>'
+            f'<figure><a href="figures/{p.name}"><img src="figures/{p.name}" alt="{_e(name)}" '
+            f'loading=lazy></a><figcaption><a href="figures/{p.stem}.pdf">PDF</a></figcaption></figure>'
             for i, p in enumerate(pages, 1))
         parts.append(f'<h3 id="fig-{name}">{_e(name)}</h3><p>{_e(spec.summary)} '
                      f'<a href="figures/{name}.csv">numbers drawn (CSV)</a></p>{images}')
@@ -186,7 +193,8 @@ def _failed(runs: pd.DataFrame) -> str:
         return ""
     rows = "".join(f"<tr><td><code>{_e(r.run_id)}</code></td><td>{_e(r.variant)}</td><td>{_e(r.seed)}</td>"
                    f"<td>{_e(r.error)}</td></tr>" for r in failed.itertuples())
-    return (f'<h2 id=failed>Failed runs ({len(failed)})</h2><p>Rerun them with <code>mixkd run --retry-failed</code>.'
+    return (f'<h2 id=failed>Failed runs ({len(failed)})</h2>'
+            f'<p>Rerun them with <code>mixkd run --retry-failed</code>.'
             f'</p><table><thead><tr><th>run</th><th>variant</th><th>seed</th><th>error</th></tr></thead>'
             f'<tbody>{rows}</tbody></table>')
 
@@ -198,8 +206,9 @@ def report_html(name: str, description: str, tables: Tables, drawn: dict[str, li
                        if counts.get(s, 0))
     links = " · ".join(f'<a href="{t}">{t}</a>' for t in TABLES if (out / t).exists())
     commits = sorted(set(runs["git_commit"].dropna())) if "git_commit" in runs else []
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (("leaderboard", "Leaderboard"), ("findings", "Findings"),
-                                                          ("figures", "Figures"), ("tables", "Tables")))
+    nav = "".join(f'<a href="#{a}">{t}</a>'
+                  for a, t in (("leaderboard", "Leaderboard"), ("findings", "Findings"),
+                               ("figures", "Figures"), ("tables", "Tables")))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width,initial-scale=1">
 <title>{_e(name)} · mixkd report</title><style>{STYLE}</style></head><body>

@@ -18,15 +18,17 @@ COLUMNS = ["teacher", "student", "rank", "setting", "n", "top1", "top1_ci_low", 
 
 def _scalar(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = summary[summary["metric"] == metric]
-    qualifiers = [c for c in ("metric_temperature", "attack", "epsilon", "bin", "class", "x") if c in rows.columns]
+    qualifiers = [c for c in ("metric_temperature", "attack", "epsilon", "bin", "class", "x")
+                  if c in rows.columns]
     return rows[rows[qualifiers].isna().all(axis=1)]
 
 
 def _against(comparisons: pd.DataFrame, axis: str, prefix: str) -> pd.DataFrame:
     """The top-1 comparison of each KD variant (as b) along `axis`, as `prefix`-named columns."""
     rows = comparisons[(comparisons["axis"] == axis) & (comparisons["metric"] == METRIC)]
-    return rows.drop_duplicates("b_variant_id").set_index("b_variant_id")[["mean_diff", "p_adjusted", "verdict"]] \
-        .rename(columns={"mean_diff": prefix, "p_adjusted": f"{prefix}_p_adjusted", "verdict": f"{prefix}_verdict"})
+    by_variant = rows.drop_duplicates("b_variant_id").set_index("b_variant_id")
+    return by_variant[["mean_diff", "p_adjusted", "verdict"]].rename(
+        columns={"mean_diff": prefix, "p_adjusted": f"{prefix}_p_adjusted", "verdict": f"{prefix}_verdict"})
 
 
 def leaderboard_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -34,13 +36,14 @@ def leaderboard_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.Da
     kd = top1[top1["role"] == "student"]
     if kd.empty:
         return pd.DataFrame(columns=COLUMNS)
-    board = kd[["teacher", "student", "variant", "variant_id", "n", "mean", "ci_low", "ci_high", "mix"]].rename(
-        columns={"mean": "top1", "ci_low": "top1_ci_low", "ci_high": "top1_ci_high"}).set_index("variant_id",
-                                                                                            drop=False)
+    board = kd[["teacher", "student", "variant", "variant_id", "n", "mean", "ci_low", "ci_high", "mix"]] \
+        .rename(columns={"mean": "top1", "ci_low": "top1_ci_low", "ci_high": "top1_ci_high"}) \
+        .set_index("variant_id", drop=False)
     board = board.join(_against(comparisons, "mix", "delta_vs_kd")).join(
         _against(comparisons, "distillation", "delta_vs_scratch"))
     board.loc[board["mix"] == "none", "delta_vs_kd_verdict"] = "reference"
-    board["setting"] = [_setting(v, t, s) for v, t, s in zip(board["variant"], board["teacher"], board["student"])]
+    board["setting"] = [_setting(v, t, s)
+                        for v, t, s in zip(board["variant"], board["teacher"], board["student"])]
     teachers = top1[top1["role"] == "teacher"].groupby("name")["mean"].first()
     scratch = top1[(top1["role"] == "scratch") & (top1["mix"] == "none")].groupby("name")["mean"].first()
     board["teacher_top1"] = board["teacher"].map(teachers)
@@ -48,14 +51,16 @@ def leaderboard_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.Da
     board["ece"] = board["variant_id"].map(_scalar(summary, "ece").set_index("variant_id")["mean"])
     board = board.sort_values(["teacher", "student", "top1", "variant"], ascending=[True, True, False, True],
                               key=lambda c: c.map(natural) if c.name in ("teacher", "student") else c)
-    board["rank"] = board.groupby(["teacher", "student"])["top1"].rank(method="min", ascending=False).astype(int)
+    board["rank"] = board.groupby(["teacher", "student"])["top1"] \
+        .rank(method="min", ascending=False).astype(int)
     return board.reindex(columns=COLUMNS).reset_index(drop=True)
 
 
 def _setting(variant: str, teacher: str, student: str) -> str:
     """The variant's label without its pair, which the leaderboard names in its own columns."""
     pair = f"{teacher}→{student}"
-    return variant[len(pair) + 3:] if variant.startswith(f"{pair} · ") else ("KD" if variant == pair else variant)
+    return (variant[len(pair) + 3:] if variant.startswith(f"{pair} · ")
+            else ("KD" if variant == pair else variant))
 
 
 def _pct(value: float) -> str:

@@ -32,8 +32,9 @@ OBSERVATION_KEYS = ("metric", "metric_temperature", "attack", "epsilon", "bin", 
 COMPARED = ("top1_last", "ece", "nll", "entropy", "agreement")
 # The range a metric's mean lies in, so its CI does too (the t-interval alone can pass 100% with few seeds).
 UNIT = (0.0, 1.0)
-BOUNDS = {**dict.fromkeys(("top1_last", "top1_best", "top1", "top5", "robust_top1", "agreement", "ece", "max_prob",
-                           "reliability_accuracy", "reliability_confidence", "entropy_hist"), UNIT),
+BOUNDS = {**dict.fromkeys(("top1_last", "top1_best", "top1", "top5", "robust_top1", "agreement", "ece",
+                           "max_prob", "reliability_accuracy", "reliability_confidence",
+                           "entropy_hist"), UNIT),
           **dict.fromkeys(("logit_corr", "logit_corr_sample"), (-1.0, 1.0)), "brier": (0.0, 2.0)}
 NONNEGATIVE = ("nll", "entropy", "entropy_mean", "entropy_median", "class_entropy", "logit_norm", "logit_std",
                "kl_teacher_student", "scatter_ratio", "reliability_count")
@@ -41,16 +42,18 @@ NONNEGATIVE = ("nll", "entropy", "entropy_mean", "entropy_median", "class_entrop
 DESCRIPTIVE = ("variant", "role", "name", "teacher", "student", "mix", "mixed_view", "temperature", "loss")
 
 
-# ---- per-variant summary ---------------------------------------------------------------------------------------
+# ---- per-variant summary -----------------------------------------------------------------------------------
 
 def observations(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """One number per complete run and measured quantity: the runs table's top-1 (last, best) and every analysis
-    row but per-image maps. Bins and classes are observations too (reliability diagrams, histograms)."""
+    """One number per complete run and measured quantity: the runs table's top-1 (last, best) and every
+    analysis row but per-image maps. Bins and classes are observations too (reliability diagrams,
+    histograms)."""
     done = runs[runs["status"] == "complete"]
     from_runs = done.melt("run_id", list(RUN_METRICS), "metric", "value")
     rows = metrics[metrics["run_id"].isin(done["run_id"]) & ~metrics["metric"].isin(MAPS)]
     rows = rows.rename(columns={"temperature": "metric_temperature"})
-    table = pd.concat([from_runs, rows], ignore_index=True).reindex(columns=["run_id", *OBSERVATION_KEYS, "value"])
+    table = pd.concat([from_runs, rows], ignore_index=True).reindex(
+        columns=["run_id", *OBSERVATION_KEYS, "value"])
     return table.astype({"value": float}).merge(done[["run_id", "variant_id", "seed"]], on="run_id")
 
 
@@ -63,33 +66,38 @@ def t_interval(mean, sd, n, metric) -> tuple[np.ndarray, np.ndarray]:
     the true mean lies there, so the cut interval covers it whenever the whole one does."""
     n = np.asarray(n, float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        half = np.where(n > 1, stats.t.ppf((1 + CONFIDENCE) / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n), np.nan)
+        half = np.where(n > 1, stats.t.ppf((1 + CONFIDENCE) / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n),
+                        np.nan)
     lo, hi = np.array([bounds(m) for m in metric]).T if len(metric) else (np.array([]), np.array([]))
     return np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
 
 
 def summary_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and measured quantity: n seeds, mean, sd and 95% CI, with the variant's readable columns."""
+    """Per variant and measured quantity: n seeds, mean, sd and 95% CI, with the variant's readable
+    columns."""
     keys = ["variant_id", *OBSERVATION_KEYS]
-    obs = observations(runs, metrics).sort_values(["run_id", *OBSERVATION_KEYS], kind="stable")  # fixed sum order
-    table = obs.groupby(keys, dropna=False, sort=True)["value"].agg(n="count", mean="mean", std="std").reset_index()
+    obs = observations(runs, metrics).sort_values(["run_id", *OBSERVATION_KEYS],
+                                                  kind="stable")  # fixed sum order
+    table = obs.groupby(keys, dropna=False, sort=True)["value"] \
+        .agg(n="count", mean="mean", std="std").reset_index()
     table["ci_low"], table["ci_high"] = t_interval(table["mean"].to_numpy(), table["std"].to_numpy(),
                                                    table["n"].to_numpy(), table["metric"].to_numpy())
     described = variant_columns(runs)
     table = described.merge(table, on="variant_id", how="inner")
-    return table.sort_values(["role_rank", "variant", *OBSERVATION_KEYS], kind="stable").drop(columns="role_rank") \
-        .reset_index(drop=True).astype({"n": int})
+    return table.sort_values(["role_rank", "variant", *OBSERVATION_KEYS], kind="stable") \
+        .drop(columns="role_rank").reset_index(drop=True).astype({"n": int})
 
 
 def variant_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: id, label, the descriptive axes and every other config column varying in the study."""
+    """One row per variant: id, label, the descriptive axes and every other config column varying in the
+    study."""
     config = [c for c in of_kind(runs, "config") if c not in DESCRIPTIVE]
     shown = ["variant_id", *DESCRIPTIVE, *columns.varying(runs, config)]
     table = runs.drop_duplicates("variant_id")[shown]
     return table.assign(role_rank=table["role"].map(columns.ROLES.index))
 
 
-# ---- paired comparisons -----------------------------------------------------------------------------------------
+# ---- paired comparisons ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Axis:
@@ -113,7 +121,8 @@ def _none_at_every_view(frame: pd.DataFrame) -> pd.DataFrame:
     """KD without mixing is one run whatever the view (stored as view 'none'): for the mix axis it is the
     reference of every view the study's mixed students use."""
     kd = frame["role"] == "student"
-    views = sorted(set(frame.loc[kd & (frame["mix"] != "none"), "mixed_view"]) - {"none"}, key=VIEW_ORDER.index)
+    views = sorted(set(frame.loc[kd & (frame["mix"] != "none"), "mixed_view"]) - {"none"},
+                   key=VIEW_ORDER.index)
     plain = kd & (frame["mix"] == "none")
     if not views or not plain.any():
         return frame
@@ -130,8 +139,8 @@ STUDENT_COLUMNS = ("student", "name", "model", "model_args", *(f.name for f in f
 
 
 def _teacher_base(runs: pd.DataFrame) -> pd.Series:
-    """Per teacher run id, its config but the name and the mix: teachers alike in all else share it, so a Mix-T
-    teacher is compared with its plain counterpart only."""
+    """Per teacher run id, its config but the name and the mix: teachers alike in all else share it, so a
+    Mix-T teacher is compared with its plain counterpart only."""
     teachers = runs[runs["role"] == "teacher"]
     kept = [c for c in of_kind(runs, "config")
             if c not in ("name", "variant") and c != "mix" and not c.startswith("mix_")]
@@ -141,7 +150,8 @@ def _teacher_base(runs: pd.DataFrame) -> pd.Series:
 def _against_scratch(frame: pd.DataFrame) -> pd.DataFrame:
     """Each KD run beside its student's run from scratch without mixing (same seed), the scratch run taking
     the KD run's context: 'does distillation help this student, here?'."""
-    kd, scratch = frame[frame["role"] == "student"], frame[(frame["role"] == "scratch") & (frame["mix"] == "none")]
+    kd, scratch = (frame[frame["role"] == "student"],
+                   frame[(frame["role"] == "scratch") & (frame["mix"] == "none")])
     partner = kd.drop(columns=["run_id", "variant_id", "role"]).merge(
         scratch[["name", "seed", "run_id", "variant_id", "role"]], on=["name", "seed"])
     return pd.concat([kd, partner[kd.columns]], ignore_index=True) if len(partner) else kd.iloc[:0]
@@ -178,7 +188,8 @@ def comparisons_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame
     config = [*of_kind(runs, "config"), "teacher_base"]
     frame = labelled(runs[runs["status"] == "complete"])
     frame = frame.assign(teacher_base=frame["teacher_id"].map(_teacher_base(runs)))
-    parts = [_along(name, axis, frame, obs[["run_id", "metric", "value"]], config) for name, axis in AXES.items()]
+    parts = [_along(name, axis, frame, obs[["run_id", "metric", "value"]], config)
+             for name, axis in AXES.items()]
     table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
     if table is None:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
@@ -224,13 +235,14 @@ def _along(name: str, axis: Axis, frame: pd.DataFrame, obs: pd.DataFrame, config
 
 
 def _paired_tests(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Per (context, a, b, metric): mean of the differences b − a with its t-interval, Cohen's d_z, paired t-test
-    and Wilcoxon signed-rank test. Undefined statistics are NaN: fewer than two pairs; t when the differences
-    have no variance (t divides by zero); Wilcoxon when every difference is zero."""
+    """Per (context, a, b, metric): mean of the differences b − a with its t-interval, Cohen's d_z, paired
+    t-test and Wilcoxon signed-rank test. Undefined statistics are NaN: fewer than two pairs; t when the
+    differences have no variance (t divides by zero); Wilcoxon when every difference is zero."""
     keys = ["context", "level_a", "level_b", "metric"]
     g = pairs.groupby(keys, sort=False)
-    table = g.agg(n=("d", "count"), mean_a=("value_a", "mean"), mean_b=("value_b", "mean"), mean_diff=("d", "mean"),
-                  sd=("d", "std"), a_variant_id=("variant_id_a", "first"), b_variant_id=("variant_id_b", "first"))
+    table = g.agg(n=("d", "count"), mean_a=("value_a", "mean"), mean_b=("value_b", "mean"),
+                  mean_diff=("d", "mean"), sd=("d", "std"), a_variant_id=("variant_id_a", "first"),
+                  b_variant_id=("variant_id_b", "first"))
     table = table.reset_index().rename(columns={"level_a": "a", "level_b": "b"})
     n, mean, sd = (table[c].to_numpy(float) for c in ("n", "mean_diff", "sd"))
     testable = (n > 1) & (sd > 0)
@@ -276,7 +288,8 @@ def _adjusted(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="all_zero")
 
 
-def write_statistics(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_statistics(runs: pd.DataFrame, metrics: pd.DataFrame,
+                     out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """summary.csv (and summary.parquet, the same table: a large study's CSV takes seconds to parse) and
     comparisons.csv in the study's output folder, atomically; same tables → same bytes."""
     summary, comparisons = summary_table(runs, metrics), comparisons_table(runs, metrics)

@@ -49,8 +49,8 @@ def figure(name: str, select: Callable[[Tables], pd.DataFrame]):
 
 
 def render(name: str, tables: Tables, page: int | None = None) -> tuple[pd.DataFrame, list[Figure]]:
-    """A figure's drawn numbers (all pages) and its pages, or only page `page` (a notebook shows one at a time);
-    no pages when the tables hold nothing for it."""
+    """A figure's drawn numbers (all pages) and its pages, or only page `page` (a notebook shows one at a
+    time); no pages when the tables hold nothing for it."""
     spec = FIGURES.get(name, "figure")
     data = spec.select(tables)
     drawn = data if page is None else data[data["page"] == page]
@@ -66,7 +66,8 @@ def page_stems(name: str, pages: int) -> list[str]:
 def _bytes(fig: Figure, fmt: str) -> bytes:
     """PNG for looking, PDF for papers; no timestamps, so unchanged tables give identical files."""
     buf = io.BytesIO()
-    metadata = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None, "Creator": None}
+    metadata = ({"Software": None} if fmt == "png"
+                else {"CreationDate": None, "Producer": None, "Creator": None})
     with plt.rc_context(STYLE):
         fig.savefig(buf, format=fmt, dpi=DPI, metadata=metadata)
     return buf.getvalue()
@@ -95,8 +96,8 @@ def _is_page(path: Path, name: str) -> bool:
 
 
 def write_figures(tables: Tables, out: Path) -> dict[str, list[Path]]:
-    """Every registered figure as figures/<name>[-pK].{png,pdf} with its numbers in figures/<name>.csv; a figure
-    without data leaves no files. Returns each drawn figure's page images (PNG)."""
+    """Every registered figure as figures/<name>[-pK].{png,pdf} with its numbers in figures/<name>.csv; a
+    figure without data leaves no files. Returns each drawn figure's page images (PNG)."""
     folder, drawn = Path(out) / "figures", {}
     for name in FIGURES:
         data, pages = render(name, tables)

@@ -42,7 +42,7 @@ def _references(tables: Tables, panels: pd.DataFrame, mixes: bool = True) -> pd.
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-# ---- accuracy by mix: one panel per pair, a bar per variant ---------------------------------------------------
+# ---- accuracy by mix: one panel per pair, a bar per variant ------------------------------------------------
 
 def _by_mix_data(tables: Tables) -> pd.DataFrame:
     kd = summary_rows(tables, METRIC, ("student",))
@@ -112,14 +112,15 @@ def _legend_handles(labels: list[str], hue_colours: dict) -> list:
 @figure("accuracy_by_mix", _by_mix_data)
 def accuracy_by_mix(data: pd.DataFrame) -> list:
     """Which mixing variant helps distillation? Student top-1 per variant (mix · view · loss) and temperature,
-    one panel per (teacher, student) pair, with the teacher (dashed), the student from scratch (dotted) and the
-    student from scratch with that mix (◆)."""
+    one panel per (teacher, student) pair, with the teacher (dashed), the student from scratch (dotted) and
+    the student from scratch with that mix (◆)."""
     size, legend = _dots_size(data), _dots_legend(data)
     hue_colours = {h: HUES[i % len(HUES)] for i, h in enumerate(legend[:data["hue"].nunique()])}
     pages = []
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
-        fig, axes = new_page(len(panels), size, 3, legend, "Student accuracy by mixing variant (95% CI over seeds)")
+        fig, axes = new_page(len(panels), size, 3, legend,
+                             "Student accuracy by mixing variant (95% CI over seeds)")
         for ax, panel in zip(axes, panels):
             mine = rows[rows["panel"] == panel]
             series = _dots(ax, mine, hue_colours)
@@ -134,11 +135,11 @@ def accuracy_by_mix(data: pd.DataFrame) -> list:
     return pages
 
 
-# ---- MIX-KD's heatmap: teacher × student per view, mix and temperature ----------------------------------------
+# ---- MIX-KD's heatmap: teacher × student per view, mix and temperature -------------------------------------
 
 def _heatmap_data(tables: Tables) -> pd.DataFrame:
-    """Each distilled variant's cell, with its panel's `slot` on its page: a row of panels per setting (mix · view
-    · loss) and a column per temperature, so T = 1 and T = 4 of one setting sit side by side (panels flow
+    """Each distilled variant's cell, with its panel's `slot` on its page: a row of panels per setting (mix ·
+    view · loss) and a column per temperature, so T = 1 and T = 4 of one setting sit side by side (panels flow
     in turn where the temperatures are too many for one row)."""
     kd = summary_rows(tables, METRIC, ("student",))
     if kd.empty:
@@ -160,7 +161,8 @@ def _heatmap_data(tables: Tables) -> pd.DataFrame:
     teachers = summary_rows(tables, METRIC, ("teacher",))
     scratch = summary_rows(tables, METRIC, ("scratch",))
     scratch = scratch[(scratch["mix"] == "none") & scratch["name"].isin(kd["hue"])]
-    refs = pd.concat([teachers[teachers["name"].isin(kd["series"])].assign(kind="teacher", series=lambda f: f["name"]),
+    refs = pd.concat([teachers[teachers["name"].isin(kd["series"])]
+                          .assign(kind="teacher", series=lambda f: f["name"]),
                       scratch.assign(kind="scratch", hue=scratch["name"])])
     refs = pd.concat([refs.assign(page=p) for p in sorted(kd["page"].unique())], ignore_index=True)
     columns = ["page", "slot", "ncols", "panel", "kind", "series", "hue", "temperature", *VALUES]
@@ -175,10 +177,10 @@ def _heatmap_size(kd: pd.DataFrame) -> tuple[float, float]:
 
 @figure("accuracy_heatmap", _heatmap_data)
 def accuracy_heatmap(data: pd.DataFrame) -> list:
-    """MIX-KD's teacher × student map: mean student top-1 for every teacher (rows, with its own top-1) and student
-    (columns, with its top-1 from scratch), a row of panels per mixing variant, view and loss and a column per
-    temperature — e.g. 'Mix-T & S' (a Mix-T teacher's row, view both) at T = 1 beside T = 4. One colour scale for
-    every page; a blank panel is a setting the study does not have at that temperature."""
+    """MIX-KD's teacher × student map: mean student top-1 for every teacher (rows, with its own top-1) and
+    student (columns, with its top-1 from scratch), a row of panels per mixing variant, view and loss and a
+    column per temperature — e.g. 'Mix-T & S' (a Mix-T teacher's row, view both) at T = 1 beside T = 4. One
+    colour scale for every page; a blank panel is a setting the study does not have at that temperature."""
     kd = data[data["kind"] == "distilled"]
     teachers, students = sorted(kd["series"].unique(), key=natural), sorted(kd["hue"].unique(), key=natural)
     vmin, vmax = 100 * kd["mean"].min(), 100 * kd["mean"].max()
@@ -190,8 +192,8 @@ def accuracy_heatmap(data: pd.DataFrame) -> list:
         cells = rows[rows["kind"] == "distilled"]
         slots = cells.drop_duplicates("slot").set_index("slot")["panel"]
         fig, axes = new_page(ncols * (int(slots.index.max()) // ncols + 1), size, ncols, [],
-                             "Student top-1 (%) per teacher (rows, own top-1) and student (columns, top-1 from "
-                             "scratch); mean over seeds")
+                             "Student top-1 (%) per teacher (rows, own top-1) and student (columns, "
+                             "top-1 from scratch); mean over seeds")
         labelled_rows = set()
         for slot, ax in enumerate(axes):
             if slot not in slots.index:
@@ -222,7 +224,7 @@ def _pct(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{100 * value:.1f}"
 
 
-# ---- accuracy against temperature, per teacher kind -------------------------------------------------------------
+# ---- accuracy against temperature, per teacher kind --------------------------------------------------------
 
 def _temperature_data(tables: Tables) -> pd.DataFrame:
     kd = summary_rows(tables, METRIC, ("student",))
@@ -242,7 +244,8 @@ def _temperature_data(tables: Tables) -> pd.DataFrame:
     data["color"] = data["mix_label"].map(colours).where(data["kind"] == "distilled", "#000000")
     data["linestyle"] = data["mixed_view"].map(VIEW_LINES).where(data["kind"] == "distilled", "-")
     legend = list(dict.fromkeys(kd["series"])) + ["teacher", "from scratch"]
-    return paginate(data[["panel", "kind", "series", "hue", "color", "linestyle", *VALUES]], (3.4, 2.6), 4, legend)
+    return paginate(data[["panel", "kind", "series", "hue", "color", "linestyle", *VALUES]], (3.4, 2.6), 4,
+                    legend)
 
 
 @figure("accuracy_vs_temperature", _temperature_data)
@@ -265,12 +268,14 @@ def accuracy_vs_temperature(data: pd.DataFrame) -> list:
             lines = mine[mine["kind"] == "distilled"]
             names = list(dict.fromkeys(lines["series"]))
             for k, name in enumerate(names):
-                curve = lines[lines["series"] == name].assign(t=lambda f: f["hue"].astype(float)).sort_values("t")
-                x = np.array([temps.index(t) for t in curve["t"]]) + (k - (len(names) - 1) / 2) * 0.3 / len(names)
+                curve = lines[lines["series"] == name] \
+                    .assign(t=lambda f: f["hue"].astype(float)).sort_values("t")
+                x = (np.array([temps.index(t) for t in curve["t"]])
+                     + (k - (len(names) - 1) / 2) * 0.3 / len(names))
                 mean, lo, hi = (100 * curve[c].to_numpy(float) for c in ("mean", "ci_low", "ci_high"))
-                ax.errorbar(x, mean, yerr=np.nan_to_num(np.vstack([mean - lo, hi - mean])), color=style.loc[name,
-                            "color"], ls=style.loc[name, "linestyle"], marker="o", ms=3, lw=1.1, capsize=1.5,
-                            elinewidth=0.7)
+                ax.errorbar(x, mean, yerr=np.nan_to_num(np.vstack([mean - lo, hi - mean])),
+                            color=style.loc[name, "color"], ls=style.loc[name, "linestyle"], marker="o", ms=3,
+                            lw=1.1, capsize=1.5, elinewidth=0.7)
             for kind, ls in (("teacher", "--"), ("scratch", ":")):
                 ref = mine[mine["kind"] == kind]
                 if len(ref):
@@ -287,7 +292,7 @@ def accuracy_vs_temperature(data: pd.DataFrame) -> list:
     return pages
 
 
-# ---- TransMix: mixing variants for one student, with and without a teacher ------------------------------------
+# ---- TransMix: mixing variants for one student, with and without a teacher ---------------------------------
 
 def _transmix_data(tables: Tables) -> pd.DataFrame:
     if tables.runs.empty or not (tables.runs["mix"] == "transmix").any():
@@ -297,12 +302,13 @@ def _transmix_data(tables: Tables) -> pd.DataFrame:
     students = set(scratch.loc[scratch["mix"] == "transmix", "name"]) | set(kd.loc[kd["mix"] == "transmix",
                                                                                    "student"])
     scratch, kd = scratch[scratch["name"].isin(students)], kd[kd["student"].isin(students)]
-    kd = kd.assign(hue="KD: " + describe(kd, ("teacher", "mixed_view", "temperature", "loss"), always=("teacher",)))
+    kd = kd.assign(hue="KD: " + describe(kd, ("teacher", "mixed_view", "temperature", "loss"),
+                                         always=("teacher",)))
     rows = pd.concat([scratch.assign(student=scratch["name"], hue="no teacher"), kd], ignore_index=True)
     rows = rows.assign(panel=rows["student"], series=rows["mix_label"], kind="distilled",
-                       mixed=rows["mix"] != "none").sort_values(["panel", "mixed", "series"], kind="stable",
-                                                                key=lambda c: c.map(natural) if c.name == "panel"
-                                                                else c)
+                       mixed=rows["mix"] != "none") \
+        .sort_values(["panel", "mixed", "series"], kind="stable",
+                     key=lambda c: c.map(natural) if c.name == "panel" else c)
     legend = list(dict.fromkeys(["no teacher", *sorted(kd["hue"].unique())]))
     data = rows[["panel", "kind", "series", "hue", "mix_label", *VALUES]]
     return paginate(data, _dots_size(data), 3, legend)
@@ -329,6 +335,7 @@ def transmix(data: pd.DataFrame) -> list:
             ax.set_xlim(accuracy_range(100 * mine[["mean", "ci_low", "ci_high"]].to_numpy(float).ravel()))
             ax.set(xlabel="top-1 (%)")
         set_titles(fig, axes, [f"student {p}" for p in panels])
-        legend_below(fig, [Line2D([], [], ls="", marker="o", ms=4, color=hue_colours[h]) for h in legend], legend)
+        legend_below(fig, [Line2D([], [], ls="", marker="o", ms=4, color=hue_colours[h]) for h in legend],
+                     legend)
         pages.append(finish(fig))
     return pages

@@ -38,9 +38,11 @@ def _groups(tables: Tables, metric: str) -> pd.DataFrame:
     scratch by name, distilled students by pair × temperature × loss; lines are mixing variants)."""
     teachers = summary_rows(tables, metric, ("teacher",), scalar=False)
     model = teachers["variant_id"].map(tables.variants.set_index("variant_id")["model"])
-    teachers = teachers.assign(panel="teachers " + model, mixed_view="none", series=teacher_series(teachers, model))
+    teachers = teachers.assign(panel="teachers " + model, mixed_view="none",
+                               series=teacher_series(teachers, model))
     scratch = summary_rows(tables, metric, ("scratch",), scalar=False)
-    scratch = scratch.assign(panel=scratch["name"] + " from scratch", series=scratch["mix_label"], mixed_view="none")
+    scratch = scratch.assign(panel=scratch["name"] + " from scratch", series=scratch["mix_label"],
+                             mixed_view="none")
     kd = summary_rows(tables, metric, ("student",), scalar=False)
     if len(kd):
         kd = by_pair(kd_order(kd))
@@ -76,19 +78,20 @@ def reliability(data: pd.DataFrame) -> list:
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
         legend = list(dict.fromkeys(rows["series"]))
-        fig, axes = new_page(len(panels), PANEL, 4, legend, "Reliability diagrams (15 confidence bins, means over "
-                                                            "seeds)")
+        fig, axes = new_page(len(panels), PANEL, 4, legend,
+                             "Reliability diagrams (15 confidence bins, means over seeds)")
         points = rows.pivot_table("mean", ["panel", "series", "bin"], "metric", sort=False)
         for ax, panel in zip(axes, panels):
             for name, line in points.loc[panel].groupby("series", sort=False):
                 line = line.droplevel("series").sort_index()  # by bin, whichever variant listed a bin first
-                ax.plot(line["reliability_confidence"], line["reliability_accuracy"], marker="o", ms=2.5, lw=1,
-                        color=style.loc[name, "color"], ls=style.loc[name, "linestyle"])
+                ax.plot(line["reliability_confidence"], line["reliability_accuracy"], marker="o", ms=2.5,
+                        lw=1, color=style.loc[name, "color"], ls=style.loc[name, "linestyle"])
             ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=(0, (2, 2)))
             ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
             ax.set_aspect("equal")
         set_titles(fig, axes, panels)
-        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"], marker="o", ms=2.5)
+        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"],
+                          marker="o", ms=2.5)
                    for s in legend]
         legend_below(fig, handles, legend)
         pages.append(finish(fig))

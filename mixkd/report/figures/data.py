@@ -34,7 +34,8 @@ def by_pair(rows: pd.DataFrame) -> pd.DataFrame:
 
 def scratch_order(rows: pd.DataFrame) -> pd.DataFrame:
     """Students from scratch by name, each without mixing first, then by mix."""
-    key = [(natural(n), m != "none", label) for n, m, label in zip(rows["name"], rows["mix"], rows["mix_label"])]
+    key = [(natural(n), m != "none", label)
+           for n, m, label in zip(rows["name"], rows["mix"], rows["mix_label"])]
     return rows.iloc[sorted(range(len(rows)), key=key.__getitem__)]
 
 
@@ -42,7 +43,8 @@ def kd_order(rows: pd.DataFrame, temperature_last: bool = False) -> pd.DataFrame
     """Distilled variants in reading order: without mixing first, then by mix, view, temperature and loss (or
     loss, then temperature, where temperatures are told apart by colour rather than by row)."""
     key = pd.DataFrame({"mixed": rows["mix"] != "none", "mix": rows["mix_label"],
-                        "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER else -1),
+                        "view": rows["mixed_view"].map(lambda v: VIEW_ORDER.index(v) if v in VIEW_ORDER
+                                                       else -1),
                         "t": rows["temperature"], "loss": rows["loss_label"]})
     order = ["mixed", "mix", "view", "loss", "t"] if temperature_last else list(key.columns)
     return rows.loc[key.sort_values(order, kind="stable").index]
@@ -50,8 +52,8 @@ def kd_order(rows: pd.DataFrame, temperature_last: bool = False) -> pd.DataFrame
 
 def panels_of(rows: pd.DataFrame, panel_axes: list[str], within: list[str], max_items: int,
               always: tuple[str, ...] = ("pair",)) -> tuple[pd.DataFrame, list[str]]:
-    """`rows` with a `panel` title each, moving axes from the end of `within` (what a panel tells apart: its dots
-    or lines) into the titles while a panel would hold more than `max_items` of them. Once the view names
+    """`rows` with a `panel` title each, moving axes from the end of `within` (what a panel tells apart: its
+    dots or lines) into the titles while a panel would hold more than `max_items` of them. Once the view names
     panels, the variants without mixing (one run whatever the view) are drawn in each view's panel, as the
     reference the mixed variants there are read against. Returns those rows and the axes left within."""
     within, panel_axes = list(within), list(panel_axes)
@@ -63,13 +65,13 @@ def panels_of(rows: pd.DataFrame, panel_axes: list[str], within: list[str], max_
         if drawn.assign(panel=panel, item=items).groupby("panel")["item"].nunique().max() <= max_items \
                 or len(within) == 1:
             return drawn.assign(panel=panel), within
-        moved = within.pop()
-        panel_axes.append("view" if moved == "mixed_view" else moved)  # a panel's view names its plain rows too
+        moved = within.pop()  # a panel's view names its rows without mixing too: `view`, not `mixed_view`
+        panel_axes.append("view" if moved == "mixed_view" else moved)
 
 
 def plain_in_every_view(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows without mixing (stored with the view 'none') repeated, in place, under each view the mixed rows of
-    their panel (the same `keys` columns) use."""
+    """The rows without mixing (stored with the view 'none') repeated, in place, under each view the mixed rows
+    of their panel (the same `keys` columns) use."""
     ordered = rows.assign(position=range(len(rows)))
     mixed = ordered["mix"] != "none"
     key = (lambda frame: list(zip(*(frame[k] for k in keys)))) if keys else (lambda frame: [()] * len(frame))

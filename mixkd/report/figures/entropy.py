@@ -20,7 +20,8 @@ DASHES = ["-", "--", ":", "-."]
 
 
 def _data(tables: Tables) -> pd.DataFrame:
-    parts = [summary_rows(tables, m, ("teacher",), scalar=False).assign(part=part) for m, part in METRICS.items()]
+    parts = [summary_rows(tables, m, ("teacher",), scalar=False).assign(part=part)
+             for m, part in METRICS.items()]
     rows = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
     if rows is None:
         return pd.DataFrame(columns=["page", "panel", "series", *VALUES])
@@ -31,11 +32,13 @@ def _data(tables: Tables) -> pd.DataFrame:
     # teachers of one model told apart by line style too (plain first), in name order
     names = rows.drop_duplicates("name").sort_values("name", key=lambda c: c.map(natural))
     rows["linestyle"] = rows["name"].map({n: DASHES[i % 4] for _, g in names.groupby("model")
-                                          for i, n in enumerate(g.sort_values("mix_label", key=lambda c: c != "none",
+                                          for i, n in enumerate(g.sort_values("mix_label",
+                                                                              key=lambda c: c != "none",
                                                                               kind="stable")["name"])})
     rows["series"] = teacher_series(rows, rows["model"])
     rows["panel"] = rows["model"] + ": " + rows["part"]
-    order = sorted(range(len(rows)), key=lambda i: (natural(rows["model"].iat[i]), PARTS.index(rows["part"].iat[i]),
+    order = sorted(range(len(rows)), key=lambda i: (natural(rows["model"].iat[i]),
+                                                    PARTS.index(rows["part"].iat[i]),
                                                     natural(rows["name"].iat[i])))
     rows = rows.iloc[order]
     return paginate(rows[["panel", "series", "part", "color", "linestyle", *VALUES]], PANEL, 3,
@@ -52,8 +55,8 @@ def teacher_entropy(data: pd.DataFrame) -> list:
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
         legend = list(dict.fromkeys(rows["series"]))
-        fig, axes = new_page(len(panels), PANEL, 3, legend, "Teacher output entropy, trained with and without "
-                                                            "mixing")
+        fig, axes = new_page(len(panels), PANEL, 3, legend,
+                             "Teacher output entropy, trained with and without mixing")
         for ax, panel in zip(axes, panels):
             mine = rows[rows["panel"] == panel]
             names = list(dict.fromkeys(mine["series"]))
@@ -62,7 +65,8 @@ def teacher_entropy(data: pd.DataFrame) -> list:
                 line, st = mine[mine["series"] == name], style.loc[name]
                 if part == PARTS[0]:
                     line = line.sort_values("x")
-                    ax.step(line["x"], line["mean"], where="mid", color=st["color"], ls=st["linestyle"], lw=1.2)
+                    ax.step(line["x"], line["mean"], where="mid", color=st["color"], ls=st["linestyle"],
+                            lw=1.2)
                 elif part == PARTS[1]:
                     line = line.sort_values("metric_temperature")
                     width = 0.8 / len(names)

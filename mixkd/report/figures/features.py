@@ -61,9 +61,9 @@ def tsne(data: pd.DataFrame) -> list:
     pages = []
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
-        fig, axes = new_page(len(panels), PANEL, 4, legend, "t-SNE of penultimate features, coloured by true class "
-                                                            "(S_w/S_b: within / between-class scatter, lower = "
-                                                            "tighter)")
+        fig, axes = new_page(len(panels), PANEL, 4, legend,
+                             "t-SNE of penultimate features, coloured by true class "
+                             "(S_w/S_b: within / between-class scatter, lower = tighter)")
         for ax, panel in zip(axes, panels):
             points = rows[rows["panel"] == panel]
             ax.scatter(points["x"], points["y"], c=[colour[c] for c in points["class"]], s=4, lw=0)
@@ -72,7 +72,8 @@ def tsne(data: pd.DataFrame) -> list:
             ax.set_aspect("equal", adjustable="datalim")
         ratios = rows.drop_duplicates("panel").set_index("panel")["scatter_ratio"]
         set_titles(fig, axes, [f"{p}\nS_w/S_b = {ratios[p]:.2f}" for p in panels], size=7)
-        handles = [Line2D([], [], ls="", marker="o", ms=4, color=colour[c]) for c in classes] if legend else []
+        handles = ([Line2D([], [], ls="", marker="o", ms=4, color=colour[c]) for c in classes]
+                   if legend else [])
         legend_below(fig, handles, legend)
         pages.append(finish(fig))
     return pages

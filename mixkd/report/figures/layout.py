@@ -24,14 +24,15 @@ FONT = 8
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442"]
 STYLE = {"font.size": FONT, "axes.titlesize": FONT, "axes.labelsize": FONT, "xtick.labelsize": FONT - 1,
          "ytick.labelsize": FONT - 1, "legend.fontsize": FONT - 1, "figure.titlesize": FONT + 2,
-         "axes.spines.top": False, "axes.spines.right": False, "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO)}
+         "axes.spines.top": False, "axes.spines.right": False,
+         "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO)}
 VIEW_LINES = {"none": "-", "student": "-", "teacher": ":", "both": "--"}
 HUES = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 
 
 def mix_colours(labels) -> dict[str, str]:
-    """Mixing variant → colour, the same in every figure of a study: black for none, then Okabe–Ito's colour-blind
-    safe palette in name order (tab20 past seven variants)."""
+    """Mixing variant → colour, the same in every figure of a study: black for none, then Okabe–Ito's
+    colour-blind safe palette in name order (tab20 past seven variants)."""
     mixes = sorted(set(labels) - {"none"})
     palette = OKABE_ITO if len(mixes) <= len(OKABE_ITO) else [matplotlib.colors.to_hex(c) for c in
                                                                plt.get_cmap("tab20").colors]
@@ -52,12 +53,13 @@ def _line_width(line: str, size: float) -> float:
     return width / DPI
 
 
-_MEASURE = RendererAgg(1, 1, DPI)  # measures text as the PNG pages lay it out (same font, metrics and hinting)
+# measures text as the PNG pages lay it out (same font, metrics and hinting)
+_MEASURE = RendererAgg(1, 1, DPI)
 
 
 def wrap(text: str, width_in: float, size: float = FONT) -> str:
-    """`text` broken into lines that fit `width_in` inches: at spaces, and inside a word too long for a line after
-    its commas and opening parentheses (`kd(ce_weight=0.1,` / `kd_weight=0.9)`)."""
+    """`text` broken into lines that fit `width_in` inches: at spaces, and inside a word too long for a line
+    after its commas and opening parentheses (`kd(ce_weight=0.1,` / `kd_weight=0.9)`)."""
     lines: list[str] = []
     for word in str(text).split(" "):
         parts = [word] if text_width(word, size) <= width_in else re.split(r"(?<=[,(])", word)
@@ -74,8 +76,8 @@ LINE = 1.25 / 72  # inches of one line of text per point of font size
 
 
 def tick_labels(labels, max_width: float, size: float = FONT - 1) -> tuple[list[str], float, float]:
-    """Axis labels wrapped to at most `max_width` inches, with the width and the height (inches) they take: what
-    a row of a panel needs so its label never runs into the next one."""
+    """Axis labels wrapped to at most `max_width` inches, with the width and the height (inches) they take:
+    what a row of a panel needs so its label never runs into the next one."""
     wrapped = [wrap(label, max_width, size) for label in labels]
     width = max((text_width(w, size) for w in wrapped), default=0.0)
     lines = max((w.count("\n") + 1 for w in wrapped), default=1)
@@ -111,9 +113,10 @@ def grid_shape(n: int, panel: tuple[float, float], max_cols: int, legend: list[s
     return ncols, max(1, min(math.ceil(n / ncols), int(free // h)))
 
 
-def paginate(frame: pd.DataFrame, panel: tuple[float, float], max_cols: int, legend: list[str]) -> pd.DataFrame:
-    """`frame` with a `page` column: its panels (the `panel` column, in order of appearance) in pages of as many
-    as fit."""
+def paginate(frame: pd.DataFrame, panel: tuple[float, float], max_cols: int,
+             legend: list[str]) -> pd.DataFrame:
+    """`frame` with a `page` column: its panels (the `panel` column, in order of appearance) in pages of as
+    many as fit."""
     panels = list(dict.fromkeys(frame["panel"]))
     ncols, nrows = grid_shape(len(panels), panel, max_cols, legend)
     page = {p: i // (ncols * nrows) + 1 for i, p in enumerate(panels)}
@@ -127,7 +130,8 @@ def new_page(n: int, panel: tuple[float, float], max_cols: int, legend: list[str
     ncols = max(1, min(max_cols, n, int(MAX_SIDE // w)))
     nrows = math.ceil(n / ncols)
     _, lines = legend_shape(legend, ncols * w)
-    fig = plt.figure(figsize=(ncols * w, nrows * h + HEADER + lines * LEGEND_LINE), dpi=DPI, layout="constrained")
+    fig = plt.figure(figsize=(ncols * w, nrows * h + HEADER + lines * LEGEND_LINE), dpi=DPI,
+                     layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw).ravel()
     for ax in axes[n:]:
         ax.remove()

@@ -26,7 +26,8 @@ def _rows(tables: Tables, role: str) -> pd.DataFrame:
         return rows
     clean = rows["epsilon"] == 0
     rows = rows[~clean | (rows["attack"] == rows.loc[clean, "attack"].min())]
-    label = [f"{ATTACKS.get(a, a)} ε={255 * e:g}/255" if e else "clean" for a, e in zip(rows["attack"], rows["epsilon"])]
+    label = [f"{ATTACKS.get(a, a)} ε={255 * e:g}/255" if e else "clean"
+             for a, e in zip(rows["attack"], rows["epsilon"])]
     return rows.assign(column=label)
 
 
@@ -44,7 +45,8 @@ def _data(tables: Tables) -> pd.DataFrame:
     if len(kd):
         kd = by_pair(kd_order(kd))
         kd, within = panels_of(kd, ["pair"], ["mix", "mixed_view", "loss"], MAX_ROWS)
-        parts.append(kd.assign(panel="KD " + kd["panel"], series=describe(kd, (*within, "temperature"), always=("mix",))))
+        series = describe(kd, (*within, "temperature"), always=("mix",))
+        parts.append(kd.assign(panel="KD " + kd["panel"], series=series))
     rows = pd.concat(parts, ignore_index=True)
     return paginate(rows[["panel", "series", "column", *VALUES]], _size(rows), 3, [])
 
@@ -57,17 +59,17 @@ def _size(rows: pd.DataFrame) -> tuple[float, float]:
 
 @figure("robustness", _data)
 def robustness(data: pd.DataFrame) -> list:
-    """Does mixing make students harder to fool? Top-1 (%) on the first 500 evaluation images, clean and under L∞
-    FGSM and PGD-10 attacks (pixel space) at each ε, mean over seeds: one row per variant, one table per group,
-    one colour scale for every page."""
+    """Does mixing make students harder to fool? Top-1 (%) on the first 500 evaluation images, clean and
+    under L∞ FGSM and PGD-10 attacks (pixel space) at each ε, mean over seeds: one row per variant, one table
+    per group, one colour scale for every page."""
     columns = list(dict.fromkeys(data.sort_values(["attack", "epsilon"], na_position="first")["column"]))
     vmin, vmax = 100 * data["mean"].min(), 100 * data["mean"].max()
     size = _size(data)
     pages = []
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
-        fig, axes = new_page(len(panels), size, 3, [], "Top-1 (%) on clean images and under attack (mean over "
-                                                       "seeds)")
+        fig, axes = new_page(len(panels), size, 3, [],
+                             "Top-1 (%) on clean images and under attack (mean over seeds)")
         for ax, panel in zip(axes, panels):
             mine = rows[rows["panel"] == panel]
             series = list(dict.fromkeys(mine["series"]))
