@@ -206,6 +206,40 @@ def hcl_loss(student: list[Tensor], teacher: list[Tensor], levels: tuple[int, ..
     return total
 
 
+def _singular(f: Tensor, n: int, layout: str) -> tuple[Tensor, Tensor]:
+    """The first `n` right-singular vectors (columns L2-normalised) and singular values (L2-normalised) of each
+    sample's map as a matrix: (C·H) × W in mdistiller's layout, (H·W) × C in RepDistiller's; non-finite → 0."""
+    b, c, h, w = f.shape
+    x = f.reshape(b, c * h, w).float() if layout == "ch_w" else f.reshape(b, c, h * w).transpose(1, 2)
+    _, values, vh = torch.linalg.svd(x, full_matrices=False)
+    v = torch.nan_to_num(vh.transpose(-2, -1), nan=0.0, posinf=0.0, neginf=0.0)
+    values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    return F.normalize(v[:, :, :n], dim=1), F.normalize(values[:, :n], dim=1)
+
+
+def kdsvd_loss(student: list[Tensor], teacher: list[Tensor], k: int = 1, layout: str = "ch_w") -> Tensor:
+    """KDSVD (Lee et al., ECCV 2018): each stage's leading right-singular vectors (k for the teacher, k + 3 for the
+    student, each student vector sign-aligned to the teacher vector it is most collinear with), scaled by the
+    teacher's singular values; the RBF kernels between consecutive stages' vectors compared by squared error,
+    summed, over the batch size. The two references disagree on the matrix (see `_singular`): mdistiller's
+    ("ch_w", the default) works for any channel counts, RepDistiller's ("hw_c") needs equal ones."""
+    losses, previous = [], None
+    for f_s, f_t in zip(student, teacher):
+        v_t, s_t = _singular(f_t, k, layout)
+        v_s, _ = _singular(f_s, k + 3, layout)
+        cosine = v_s.transpose(-2, -1) @ v_t  # (B, k + 3, k)
+        best = cosine.abs().amax(dim=1, keepdim=True)
+        v_s = v_s @ torch.where(cosine.abs() == best, cosine.sign(), torch.zeros_like(cosine))
+        v_t, v_s = v_t * s_t.unsqueeze(1), v_s * s_t.unsqueeze(1)
+        if previous is not None:
+            rbf_s = torch.exp(-(v_s.unsqueeze(2) - previous[0].unsqueeze(1)).pow(2) / 8)
+            rbf_t = torch.exp(-(v_t.unsqueeze(2) - previous[1].unsqueeze(1)).pow(2) / 8)
+            error = (rbf_s - rbf_t.detach()).pow(2)
+            losses.append(torch.where(torch.isfinite(error), error, torch.zeros_like(error)).sum())
+        previous = (v_s, v_t)
+    return sum(losses, student[0].new_zeros(())) / student[0].shape[0]
+
+
 def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """Pearson correlation of each row of `a` with the same row of `b` (a cosine of the centred rows)."""
     return F.cosine_similarity(a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True), dim=1, eps=eps)

@@ -149,3 +149,13 @@ def test_nce_loss_by_hand():
     expected = -(math.log(0.5 / (0.5 + noise + 1e-7)) + math.log(noise / (0.1 + noise + 1e-7))
                  + math.log(noise / (0.2 + noise + 1e-7)))
     assert fl.nce_loss(scores, num_data=10) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("layout", ["ch_w", "hw_c"])
+def test_kdsvd_is_zero_for_a_student_equal_to_its_teacher_and_finite_otherwise(layout):
+    maps = [torch.randn(4, 8, 8, 8), torch.randn(4, 8, 4, 4), torch.randn(4, 8, 2, 2)]
+    assert fl.kdsvd_loss(maps, maps, layout=layout) == pytest.approx(0, abs=1e-6)
+    other = [torch.randn_like(m) for m in maps]
+    loss = fl.kdsvd_loss(other, maps, layout=layout)
+    assert torch.isfinite(loss) and loss > 0
+    assert fl.kdsvd_loss(maps[:1], maps[:1], layout=layout) == 0  # one stage: no pair of consecutive stages
