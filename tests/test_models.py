@@ -159,3 +159,52 @@ def test_missing_or_foreign_checkpoint_file(tmp_path):
     assert "not a state dict" in _load_error(model, tmp_path / "list.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     assert "cannot read" in _load_error(model, tmp_path / "notes.pth")
+
+
+# ---- feature taps for distillation methods ----------------------------------------------------------------------
+
+TAPPED = {  # the reference zoo's F0 (stem) and F1.. (maps) at 32×32, channels and size
+    "resnet20": ((16, 32), [(16, 32), (32, 16), (64, 8)]),
+    "resnet8x4": ((32, 32), [(64, 32), (128, 16), (256, 8)]),
+    "wrn_16_2": ((16, 32), [(32, 32), (64, 16), (128, 8)]),
+    "wrn_40_1": ((16, 32), [(16, 32), (32, 16), (64, 8)]),
+    "vgg8": ((64, 32), [(128, 16), (256, 8), (512, 4), (512, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAPPED))
+def test_taps_give_the_reference_zoos_stem_maps_and_preactivations(name):
+    model = create_model(name, num_classes=100, in_chans=3, img_size=32).train()
+    x = torch.randn(2, 3, 32, 32)
+    plain = model(x, return_features=True)[1]
+    assert plain.stem is None and plain.maps is None and plain.preact is None  # only what is asked for
+    logits, f = model(x, return_features=True, taps=frozenset({"stem", "maps", "preact"}))
+    (c0, h0), stages = TAPPED[name]
+    assert tuple(f.stem.shape) == (2, c0, h0, h0)
+    assert [tuple(m.shape) for m in f.maps] == [(2, c, h, h) for c, h in stages]
+    assert [tuple(p.shape) for p in f.preact] == [(2, c, h, h) for c, h in stages]
+    assert (torch.cat([m.flatten() for m in f.maps]) >= 0).all() or name.startswith("wrn")  # post-ReLU maps
+    assert any((p < 0).any() for p in f.preact)  # before the nonlinearity
+    model.eval()
+    torch.testing.assert_close(model(x), model(x, return_features=True, taps=frozenset({"preact"}))[0])
+
+
+def test_tapping_wrn_preactivations_updates_no_running_statistics_twice():
+    model = create_model("wrn_16_2", num_classes=10, in_chans=3, img_size=32).train()
+    x = torch.randn(4, 3, 32, 32)
+    model(x)
+    once = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    fresh = create_model("wrn_16_2", num_classes=10, in_chans=3, img_size=32).train()
+    fresh.load_state_dict(model.state_dict())
+    model(x)
+    fresh(x, return_features=True, taps=frozenset({"preact"}))
+    for key, value in fresh.state_dict().items():
+        if key in once:
+            torch.testing.assert_close(value, model.state_dict()[key], msg=key)
+
+
+def test_models_without_preactivation_taps_say_so():
+    model = create_model("cnn_tiny", num_classes=10, in_chans=3, img_size=32)
+    assert not model.taps_preact
+    with pytest.raises(NotImplementedError, match="no pre-activation features"):
+        model(torch.randn(1, 3, 32, 32), return_features=True, taps=frozenset({"preact"}))

@@ -4,6 +4,8 @@ Attribute names follow RepDistiller so its and mdistiller's teacher checkpoints 
 keys. The two helpers at the bottom are shared by the rest of the RepDistiller zoo.
 """
 
+from contextlib import contextmanager
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -14,6 +16,7 @@ from .base import StagedNet
 class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
+        self.keep_preact, self.preact = False, None  # the residual sum before the ReLU, when asked (OFD, AB)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -24,7 +27,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        out = out + residual
+        self.preact = out if self.keep_preact else None
+        return F.relu(out)
 
 
 def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -55,6 +60,26 @@ class CifarResNet(StagedNet):
 
     def stages(self):
         return [self.layer1, self.layer2, self.layer3]
+
+    taps_preact = True
+
+    @contextmanager
+    def tapping(self, taps):
+        """A stage's pre-activation is its last block's residual sum: those blocks keep it while tapping."""
+        last = [stage[-1] for stage in self.stages()]
+        for block in last:
+            block.keep_preact = "preact" in taps
+        try:
+            yield
+        finally:
+            for block in last:
+                block.keep_preact = False
+
+    def preacts(self, stages):
+        preacts = [stage[-1].preact for stage in self.stages()]
+        for stage in self.stages():
+            stage[-1].preact = None
+        return preacts
 
     def pool(self, h):
         return avg_pool_flat(h)

@@ -6,6 +6,8 @@ ReLU and the max-pool that follows outside; here both are appended to the block 
 weights they add no state-dict keys, and the conv/bn indices stay RepDistiller's, so its checkpoints load.
 """
 
+from contextlib import contextmanager
+
 from torch import nn
 
 from . import MODELS
@@ -46,6 +48,37 @@ class VGG(StagedNet):
 
     def stages(self):
         return [self.block0, self.block1, self.block2, self.block3, self.block4]
+
+    taps_preact = True
+
+    @contextmanager
+    def tapping(self, taps):
+        """The references tap each block before its max-pool and count the first block's output as F0, the stem
+        (`stem`, `maps`), and tap blocks 1-4 at their last BN, before the ReLU (`preact`; cloned, as that ReLU
+        works in place): hooks record them while tapping."""
+        self._taps: dict[str, list] = {"maps": [], "preact": []}
+        hooks = []
+        for i, stage in enumerate(self.stages()):
+            relus = [m for m in stage if isinstance(m, nn.ReLU)]
+            bns = [m for m in stage if isinstance(m, nn.BatchNorm2d)]
+            if taps & {"stem", "maps"}:
+                hooks.append(relus[-1].register_forward_hook(lambda m, i, o: self._taps["maps"].append(o)))
+            if "preact" in taps and i > 0:
+                hooks.append(bns[-1].register_forward_hook(lambda m, i, o: self._taps["preact"].append(o.clone())))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def stem_map(self, stem):
+        return self._taps["maps"][0]
+
+    def maps(self, stages):
+        return self._taps["maps"][1:]
+
+    def preacts(self, stages):
+        return self._taps["preact"]
 
     # pool: the base class's adaptive average pool, as the reference's `AdaptiveAvgPool2d((1, 1))`.
 

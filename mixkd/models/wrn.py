@@ -6,6 +6,7 @@ in `pool`, just before averaging, as in the reference. Attribute names (`block1.
 """
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from . import MODELS
 from .base import StagedNet
@@ -63,6 +64,17 @@ class WideResNet(StagedNet):
 
     def stages(self):
         return [self.block1, self.block2, self.block3]
+
+    taps_preact = True
+
+    def preacts(self, stages):
+        """Pre-activation blocks: a stage's pre-activation is the next BN applied to its output (the next block's
+        first BN, or the final one), as the references tap it, with that BN's own statistics (batch ones in
+        training) but momentum 0 here, so tapping does not update its running statistics a second time (the
+        references do; mixkd does not follow them there)."""
+        following = [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+        return [F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training, 0.0, bn.eps)
+                for h, bn in zip(stages, following)]
 
     def pool(self, h):
         return avg_pool_flat(self.relu(self.bn1(h)))
