@@ -49,7 +49,7 @@ def test_class_attention_through_timmnet():
         with ClassAttention(net.timm_model) as raw:
             net.timm_model(x)
     assert torch.equal(cap.attention, raw.attention)
-    assert not net.blocks[-1].attn._forward_hooks  # the hook is gone after the block
+    assert not net.timm_model.blocks[-1].attn._forward_hooks  # the hook is gone after the block
 
 
 def test_uniform_attention_gives_area_ratio():
