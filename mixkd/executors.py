@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from multiprocessing import active_children, get_context
 from typing import Callable, Iterator
 
+from .config import RunSpec
 from .errors import MixkdError
 from .registry import Registry
 from .runner import Job, RunContext, execute_group
-from .study import Resources, RunSpec
+from .study import Resources
 
 Group = list[RunSpec]
 Executor = Callable[[list[Group], RunContext, "ExecutorOptions"], Iterator[dict]]
-EXECUTORS: Registry[Executor] = Registry("executor")
+EXECUTORS: Registry[Executor] = Registry("executor", inputs=("todo", "ctx", "options"))
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,7 @@ class ExecutorOptions:
 
 def teacher_of(group: Group) -> str | None:
     """The run every run of the group distils from (one: it is part of the lockstep key), or None."""
-    d = group[0].config["distill"]
-    return d["teacher"] if d else None
+    return group[0].run.teacher
 
 
 _contexts: dict[str, RunContext] = {}

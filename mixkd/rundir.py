@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import yaml
 
+from .config import RunSpec
 from .errors import MixkdError
 from .models.checkpoint import unreadable_reason
 
@@ -188,12 +189,12 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return open(self.path / LOCK, "a")
 
-    def start(self, config: dict, labels: dict, run_id: str) -> None:
+    def start(self, spec: RunSpec) -> None:
         """Begin (or resume) a run: config written, old summary removed. The epoch log is kept for
         `truncate_epochs`, which cuts it back to the checkpoint the run resumes from."""
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": run_id, "labels": labels, "config": config},
-                                                        sort_keys=True))
+        atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": spec.run_id, "labels": spec.labels,
+                                                         "config": spec.config}, sort_keys=True))
         (self.path / SUMMARY).unlink(missing_ok=True)
         (self.path / ANALYSIS).unlink(missing_ok=True)
         with writing(self.path / EPOCHS):

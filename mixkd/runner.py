@@ -19,13 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import analyse_run
+from .config import RunSpec
 from .data import create_dataset
 from .engine import lockstep_groups
 from .errors import MixkdError
 from .models.checkpoint import load_teacher_checkpoint
 from .provenance import environment, now
 from .rundir import RunDir, check_writable
-from .study import RunSpec, Study
+from .study import Study
 from .train import STOPS_THE_STUDY, build_model, import_teacher, train_group
 
 
@@ -39,13 +40,13 @@ def resolve_device(name: str) -> torch.device:
 
 def describe(spec: RunSpec) -> str:
     """A run as the study names it (a student by its name: two may share a model)."""
-    c, d, name = spec.config, spec.config["distill"], spec.labels["name"]
-    if spec.role == "teacher":
-        return f"teacher {name} mix={c['mix']['name']}"
+    run, d, name = spec.run, spec.run.distill, spec.names.name
+    if run.is_teacher:
+        return f"teacher {name} mix={run.mix.name}"
     if d is None:
-        return f"scratch {name} mix={c['mix']['name']} seed={c['seed']}"
-    return (f"{spec.labels['teacher']}→{name} mix={c['mix']['name']} T={d['temperature']:g} "
-            f"view={d['mixed_view']} seed={c['seed']}")
+        return f"scratch {name} mix={run.mix.name} seed={run.seed}"
+    return (f"{spec.names.teacher}→{name} mix={run.mix.name} T={d.temperature:g} view={d.mixed_view} "
+            f"seed={run.seed}")
 
 
 def todo_statuses(retry_failed: bool) -> set[str]:
@@ -96,7 +97,7 @@ def reopen_damaged(study: Study, out: Path) -> None:
         rundir = RunDir(out, spec.run_id)
         if rundir.status() != "complete":
             continue
-        problem = rundir.damage(spec.config["recipe"]["epochs"] if spec.config["recipe"] else 0)
+        problem = rundir.damage(spec.run.epochs)
         if problem:
             with rundir.claim() as held:
                 if held:
@@ -132,16 +133,16 @@ class RunContext:
     @property
     def data(self):
         if self._data is None:
-            params = {k: v for k, v in self.study.dataset.items() if k != "name"}
-            self._data = create_dataset(self.study.dataset["name"], root=self.job.data_root, **params)
+            dataset = self.study.dataset
+            self._data = create_dataset(dataset.name, root=self.job.data_root, **dataset.kwargs())
         return self._data
 
     def teacher(self, spec: RunSpec) -> torch.nn.Module | None:
         """The student's trained teacher, loaded once from its run directory, frozen in eval mode and laid
         out (and compiled) as the engine says."""
-        if spec.config["distill"] is None:
+        tid = spec.run.teacher
+        if tid is None:
             return None
-        tid = spec.config["distill"]["teacher"]
         if tid not in self._teachers:
             model = self._finished_teacher(tid)
             self._teachers[tid] = self.engine.compiled(self.engine.prepare(model).eval())
@@ -151,12 +152,12 @@ class RunContext:
         """Teacher run `tid`'s model once the run is complete: waited for while another runner trains it, and
         trained here when none does (the runner that started it died, or its checkpoint is gone), so its
         students are never failed for it. Raises TeacherNotReady when the teacher failed."""
-        rundir, trained_here = RunDir(self.out, tid), False
+        rundir, trained_here, spec = RunDir(self.out, tid), False, self.specs[tid]
         while True:
             wait_for_other_runner(rundir, f"teacher run {tid}")
             status = rundir.status()
-            if status == "complete" and (model := rundir.load_model(build_model(self.specs[tid].config,
-                                                                                self.data))) is not None:
+            model = rundir.load_model(build_model(spec.run, self.data)) if status == "complete" else None
+            if model is not None:
                 return model
             if status == "failed" or trained_here:
                 raise TeacherNotReady(f"teacher run {tid} is {status}: its students stay pending until it is "
@@ -166,8 +167,8 @@ class RunContext:
             with rundir.claim() as held:
                 if held and status == "complete":
                     rundir.reopen()
-            (summary,) = execute_group([self.specs[tid]], self)
-            print(progress_line(self.specs[tid], summary), flush=True)
+            (summary,) = execute_group([spec], self)
+            print(progress_line(spec, summary), flush=True)
             trained_here = summary["status"] != "skipped"  # skipped: another runner claimed it meanwhile
 
 
@@ -187,8 +188,8 @@ def preflight(todo: list[RunSpec], ctx: RunContext) -> None:
     dataset, a teacher checkpoint that does not fit its architecture."""
     data = ctx.data
     for spec in todo:
-        if "checkpoint" in spec.labels:
-            load_teacher_checkpoint(build_model(spec.config, data), spec.labels["checkpoint"])
+        if spec.run.imported:
+            load_teacher_checkpoint(build_model(spec.run, data), spec.names.checkpoint)
 
 
 def execute_group(specs: list[RunSpec], ctx: RunContext) -> list[dict]:
@@ -226,12 +227,12 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
         started, clock = now(), time.perf_counter()
         ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
         for spec, rundir in runs:
-            rundir.start(spec.config, spec.labels, spec.run_id)
-        if "checkpoint" in lead.labels:  # an imported teacher is a group of one
-            outcomes = [import_teacher(lead.config, lead.labels["checkpoint"], ctx.data, ctx.device, runs[0][1])]
+            rundir.start(spec)
+        if lead.run.imported:  # an imported teacher is a group of one
+            outcomes = [import_teacher(lead.run, lead.names.checkpoint, ctx.data, ctx.device, runs[0][1])]
         else:
-            members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
-                                  describe(lead), ctx.job.checkpoint_every)
+            members = train_group([s.run for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine,
+                                  teacher, describe(lead), ctx.job.checkpoint_every)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
     except TeacherNotReady as e:
         return [skipped(spec, str(e)) for spec, _ in runs]
@@ -246,7 +247,7 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
         else:
             result, model = outcome
             try:
-                rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
+                rundir.write_analysis(analyse_run(spec.run, model, teacher, ctx.data, ctx.device))
                 result = {"status": "complete", **result}
             except STOPS_THE_STUDY:
                 raise

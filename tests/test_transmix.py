@@ -7,8 +7,8 @@ import torch
 
 from mixkd.errors import MixkdError
 from mixkd.mixing import MIXERS, MixResult, Mixer, cutmix
+from mixkd.mixing.transmix import ClassAttention, TransMixResult
 from mixkd.models import create_model
-from mixkd.transmix import ClassAttention, TransMixResult
 
 TINY_VIT = dict(patch_size=4, depth=2, embed_dim=32, num_heads=2, img_size=32, num_classes=10)
 
