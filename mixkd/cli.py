@@ -55,8 +55,9 @@ def _overview(study, out):
 def cmd_run(args) -> int:
     from .config import ROLES
     from .rundir import check_writable
-    from .runner import Job, run_study
+    from .runner import run_study
     from .study_record import write_record
+    from .work import Job
 
     study, out = _load(args)
     if args.dry_run:
@@ -153,7 +154,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .runner import resolve_device
+    from .engine import resolve_device
 
     root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
     if not root:

@@ -16,8 +16,18 @@ import torch
 from torch import nn
 
 from .config import Recipe, RunSpec
+from .errors import MixkdError
 
 RECOMPILE_LIMIT = 64  # compiled versions of one forward a process keeps (dynamo's default: 8)
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: cpu, cuda, or auto (cuda where there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MixkdError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mixkd.build import build_model
 from mixkd.compare import comparable_tables
 from mixkd.config import VIEWS
 from mixkd.data import create_dataset
@@ -19,11 +20,11 @@ from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError, MixkdError
 from mixkd.losses import LOSSES
 from mixkd.metrics import compute_metrics, predict
-from mixkd.mixing import MIXERS, Mixer, mixup
+from mixkd.mixing import MIXERS, mixup
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import parse_study
-from mixkd.train import Lockstep, Member, build_model, mixing_rng, train_group
+from mixkd.train import Lockstep, Member, mixing_rng, train_group
 from tiny import run, tiny_study, write
 
 
@@ -119,7 +120,7 @@ def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
     torch.manual_seed(5)
     teacher = build_model(teacher_run, data).eval()
     members = [Member(c, data, engine, teacher) for c in students]
-    group = Lockstep(members, Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
+    group = Lockstep.of(members, data, engine, teacher)  # mixup (α = 1), batches of 32, seed 0
 
     plain = []
     for c in students:
@@ -128,7 +129,7 @@ def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
         plain.append((model, torch.optim.SGD(model.parameters(), lr=c.recipe.lr, momentum=c.recipe.momentum,
                                              weight_decay=c.recipe.weight_decay)))
     rng = mixing_rng(0)
-    loader = data.train_loader(32, CPU, seed=0)
+    loader = group.loader
     for m in members:
         m.distiller.train()
     for epoch in (1, 2):
@@ -278,11 +279,10 @@ def test_compiled_models_train_to_the_eager_numbers():
         teacher = engine.compiled(build_model(runs[0].run, data).eval())
         member = Member(runs[1].run, data, engine, teacher)
         member.distiller.train()
-        group = Lockstep([member], Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
-        loader = data.train_loader(32, CPU, seed=0)
+        group = Lockstep.of([member], data, engine, teacher)
         for epoch in (1, 2):
-            for x, y in loader:
-                group.step(x, y, epoch, len(loader))
+            for x, y in group.loader:
+                group.step(x, y, epoch, len(group.loader))
         assert member.error is None
         params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
     for eager, compiled in zip(params[False], params["default"]):
@@ -313,7 +313,7 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
     """On CUDA: bf16 + channels_last + fused SGD never make the host wait inside a step (mixing draws
     included), and land near the fp32 loop's losses."""
     study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}},
-             "grid": {**STUDY["grid"], "mixed_view": ["student", "both"]}}
+             "grid": {**STUDY["grid"], "mix": ["cutmix"], "mixed_view": ["student", "both"]}}
     runs = specs(study)
     data = create_dataset("synthetic", train_size=96, test_size=32)
     cuda = torch.device("cuda")
@@ -326,8 +326,8 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
         members = [Member(r.run, data, engine, teacher) for r in runs[1:]]
         for m in members:
             m.distiller.train()
-        group = Lockstep(members, Mixer("cutmix", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
-        batches = list(data.train_loader(32, cuda, seed=0))
+        group = Lockstep.of(members, data, engine, teacher)  # cutmix (α = 1), batches of 32, seed 0
+        batches = list(group.loader)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -378,8 +378,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(mix, loss):
     members = [Member(r.run, data, engine, teacher) for r in runs[1:]]
     for m in members:
         m.distiller.train()
-    group = Lockstep(members, Mixer.of(runs[1].run.mix), mixing_rng(0), teacher, engine)
-    batches = iter(data.train_loader(32, CPU, seed=0))
+    group = Lockstep.of(members, data, engine, teacher)
+    batches = iter(group.loader)
     with HostReads() as reads:
         x, y = next(batches)
         group.step(x, y, 1, 2)

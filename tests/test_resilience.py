@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import mixkd
-from mixkd import runner as runner_module
+from mixkd import work as work_module
 from mixkd.cli import main
 from mixkd.errors import MixkdError
 from mixkd.models import create_model
@@ -278,19 +278,19 @@ def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_pa
 def test_the_students_of_a_failed_teacher_stay_pending_and_train_once_it_is_retried(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     study = load_study(path)
-    real = runner_module.train_group
+    real = work_module.train_group
 
     def teacher_fails(runs, *args, **kwargs):
         if runs[0].is_teacher:
             raise RuntimeError("CUDA error: unspecified launch failure")
         return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", teacher_fails)
+    monkeypatch.setattr(work_module, "train_group", teacher_fails)
     assert run(path, out) == 1
     assert re.search(r"skipped: teacher run \w{12} is failed: its students stay pending", capsys.readouterr().out)
     statuses = {r.role: RunDir(out, r.run_id).status() for r in study.runs}
     assert statuses == {"teacher": "failed", "scratch": "complete", "student": "pending"}
-    monkeypatch.setattr(runner_module, "train_group", real)
+    monkeypatch.setattr(work_module, "train_group", real)
     assert run(path, out, "--retry-failed") == 0
     assert all(s["status"] == "complete" for s in summaries(out, study).values())
 
@@ -330,16 +330,16 @@ def test_an_unreadable_checkpoint_is_said_and_its_run_trained_again_from_the_sta
 def test_retry_failed_reruns_only_the_failed_runs(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     study = load_study(path)
-    real = runner_module.train_group
+    real = work_module.train_group
 
     def flaky(runs, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
         if runs[0].role == "student":
             raise RuntimeError("CUDA error: unspecified launch failure")
         return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", flaky)
+    monkeypatch.setattr(work_module, "train_group", flaky)
     assert run(path, out) == 1
-    monkeypatch.setattr(runner_module, "train_group", real)
+    monkeypatch.setattr(work_module, "train_group", real)
     assert main(["ls", str(path), "--out", str(out)]) == 0
     assert re.search(r"student .* failed", capsys.readouterr().out)
     before = summaries(out, study)

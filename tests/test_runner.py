@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from mixkd import runner as runner_module
+from mixkd import work as work_module
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.tables import RUN_COLUMNS
@@ -64,7 +64,7 @@ def test_second_run_trains_nothing_and_leaves_tables_byte_identical(finished, mo
     path, out = finished
     files = ["runs.csv", "runs.parquet", "epochs.parquet", "figures/accuracy_by_mix.png"]
     before = {f: (out / f).read_bytes() for f in files}
-    monkeypatch.setattr(runner_module, "train_group",
+    monkeypatch.setattr(work_module, "train_group",
                         lambda *a, **k: pytest.fail("a complete run was trained again"))
     assert run(path, out) == 0
     assert {f: (out / f).read_bytes() for f in files} == before
@@ -72,13 +72,13 @@ def test_second_run_trains_nothing_and_leaves_tables_byte_identical(finished, mo
 
 def test_each_teacher_is_trained_once_before_its_students(tmp_path, monkeypatch):
     calls = []
-    real = runner_module.train_group
+    real = work_module.train_group
 
     def spy(runs, *args, **kwargs):
         calls.extend(runs)
         return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", spy)
+    monkeypatch.setattr(work_module, "train_group", spy)
     study = {**TINY, "students": ["cnn_tiny", "cnn_small"], "teachers": {"t": {"model": "cnn_small"}},
              "grid": {**TINY["grid"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
     assert run(write(tmp_path, study), tmp_path / "out") == 0

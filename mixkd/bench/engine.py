@@ -25,13 +25,13 @@ from typing import TextIO
 import torch
 
 from .. import provenance
+from ..build import frozen_teacher
 from ..config import RunConfig
 from ..data import create_dataset
 from ..engine import Engine, synchronize
-from ..mixing import Mixer
 from ..models import create_model
 from ..study import parse_study
-from ..train import Lockstep, Member, mixing_rng
+from ..train import Lockstep, Member
 from .limits import lower_bound_seconds, matmul_peak, training_flops
 from .reference import reference_throughput
 
@@ -54,8 +54,8 @@ def engine_throughput(teacher: torch.nn.Module, runs: list[RunConfig], data, eng
     members = [Member(r, data, engine, teacher) for r in runs]
     for m in members:
         m.distiller.train()
-    group = Lockstep(members, Mixer("none"), mixing_rng(0), teacher, engine)
-    loader = data.train_loader(runs[0].recipe.batch_size, device, seed=0)
+    group = Lockstep.of(members, data, engine, teacher)
+    loader = group.loader
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
     start = time.perf_counter()
@@ -104,9 +104,8 @@ def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, locks
                                    workers=workers)
         rows.append(row("reference", 1, ref, ref["images_per_s"]))
         for n in (1, *lockstep):
-            engine_teacher = device_engine.compiled(device_engine.prepare(copy.deepcopy(teacher)))
-            measured = engine_throughput(engine_teacher, _student_runs(t_name, s_name, n), data,
-                                         device_engine, steps, warmup)
+            measured = engine_throughput(frozen_teacher(copy.deepcopy(teacher), device_engine),
+                                         _student_runs(t_name, s_name, n), data, device_engine, steps, warmup)
             rows.append(row("engine" if n == 1 else f"engine lockstep {n}", n, measured, ref["images_per_s"]))
     return rows
 
