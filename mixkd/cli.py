@@ -53,15 +53,17 @@ def _overview(study, out):
 
 
 def cmd_run(args) -> int:
+    from .config import ROLES
     from .rundir import check_writable
-    from .runner import Job, run_study
+    from .runner import run_study
     from .study_record import write_record
+    from .work import Job
 
     study, out = _load(args)
     if args.dry_run:
         table = _overview(study, out)
         print(table.drop(columns=["top1_last"]).to_string(index=False))
-        counts = table["role"].value_counts().reindex(["teacher", "scratch", "student"]).fillna(0).astype(int)
+        counts = table["role"].value_counts().reindex(ROLES).fillna(0).astype(int)
         print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())}); "
               f"{int((table['status'] != 'complete').sum())} to train; output {out}")
         return 0
@@ -123,7 +125,8 @@ def cmd_list(args) -> int:
     from . import data, models
     from .analysis import metrics_written
     from .registry import matching
-    from .study import KINDS
+    from .schema import component_defaults
+    from .study import COMPONENTS
 
     if args.kind == "models":
         shape = getattr(data.DATASETS.get(args.dataset, "--dataset"), "shape", None) if args.dataset else None
@@ -139,19 +142,19 @@ def cmd_list(args) -> int:
         for name in matching(list(written), args.pattern):
             print(f"{name:<24} {written[name]}")
         return 0
-    kind = KINDS[args.kind]
-    for name in kind.registry.names(args.pattern):
-        doc = (kind.registry.get(name).__doc__ or "").strip().splitlines()
+    registry = COMPONENTS[args.kind]
+    for name in registry.names(args.pattern):
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:<16} {doc[0] if doc else ''}")
         params = [key if default is inspect.Parameter.empty else f"{key}={default!r}"
-                  for key, default in kind.defaults(name).items()]
+                  for key, default in component_defaults(registry, name).items()]
         if params:
             print(f"{'':<16} {'  '.join(params)}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .runner import resolve_device
+    from .engine import resolve_device
 
     root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
     if not root:

@@ -18,14 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import ROLES, VIEW_ORDER, Recipe  # noqa: F401 - VIEW_ORDER: the one definition, for report/
 from .metrics import METRICS
 from .provenance import environment
-from .study import Recipe
 
 KINDS = ("key", "config", "seed", "result", "timing", "execution", "provenance")
 COMPONENTS = ("dataset", "mix", "loss", "schedule")  # {name, **params} → a name column and one per parameter
-ROLES = ("teacher", "scratch", "student")
-VIEW_ORDER = ("none", "student", "teacher", "both")
 
 _NAMED = {
     # identifiers, and labels derived from config columns (`labelled`)

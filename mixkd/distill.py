@@ -1,4 +1,4 @@
-"""Who sees the mixed images, and the Distiller that turns a batch into named losses.
+"""The Distiller that turns a batch into named losses, whoever sees the mixed images (`config.VIEWS`).
 
 Follows mdistiller's contract: the teacher is always in eval mode, never updated, and
 `forward_train` returns the student's logits and a dict of named (weighted) loss parts.
@@ -6,28 +6,12 @@ Follows mdistiller's contract: the teacher is always in eval mode, never updated
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from .config import View
 from .losses import LossInputs
 from .mixing import MixResult, smooth_one_hot
-
-
-@dataclass(frozen=True)
-class View:
-    student_mixed: bool  # the student's input is the mixed batch
-    teacher_mixed: bool  # the teacher's input is the mixed batch
-    interpolate_teacher: bool  # the teacher saw the clean batch: blend its outputs with the mix's λ and partners
-
-
-VIEWS: dict[str, View] = {
-    "none": View(False, False, False),
-    "student": View(True, False, True),  # p = λ·p_T(x_a) + (1-λ)·p_T(x_b): one clean teacher forward
-    "teacher": View(False, True, False),  # ablation: the student trains on clean images
-    "both": View(True, True, False),  # MIX-KD / DeiT: both see the identical mixed tensor
-}
 
 
 class TeacherForward:
@@ -51,10 +35,10 @@ class TeacherForward:
 class Distiller(nn.Module):
     """Student (+ optional frozen teacher) → (logits, {part: loss}) for one batch."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, loss, view: str, num_classes: int,
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, loss, view: View, num_classes: int,
                  label_smoothing: float = 0.0):
         super().__init__()
-        self.student, self.loss, self.view = student, loss, VIEWS[view]
+        self.student, self.loss, self.view = student, loss, view
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         if teacher is not None:
             teacher.requires_grad_(False).eval()

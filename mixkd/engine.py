@@ -15,9 +15,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .config import Recipe, RunSpec
+from .errors import MixkdError
 
 RECOMPILE_LIMIT = 64  # compiled versions of one forward a process keeps (dynamo's default: 8)
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: cpu, cuda, or auto (cuda where there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MixkdError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:
@@ -38,11 +48,6 @@ class Engine:
     # CPU threads of a run. Fixed, not one per core: threads split reductions, and their order changes the
     # last bits, so a run's numbers would depend on the machine and the executor. --workers fills the cores.
     cpu_threads: int = 1
-
-    def __post_init__(self):
-        for key in ("lockstep", "cpu_threads"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"engine.{key}", f"must be ≥ 1, got {getattr(self, key)!r}")
 
     def resolve(self, device: torch.device) -> "DeviceEngine":
         cuda = device.type == "cuda"
@@ -109,9 +114,10 @@ class DeviceEngine:
         return {"fused": {"fused": True, "foreach": None}, "foreach": {"fused": None, "foreach": True},
                 "loop": {"fused": None, "foreach": False}}[self.optimizer]
 
-    def sgd(self, params, recipe: dict) -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
-                               weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"], **self.sgd_kernel())
+    def sgd(self, params, recipe: Recipe) -> torch.optim.SGD:
+        r = recipe
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
+                               nesterov=r.nesterov, **self.sgd_kernel())
 
     def record(self) -> dict:
         """The settings as summary fields: scalars, so they become runs.csv columns."""
@@ -120,21 +126,20 @@ class DeviceEngine:
                 "engine_cpu_threads": self.cpu_threads if self.device.type == "cpu" else None}
 
 
-def lockstep_key(spec) -> str | None:
+def lockstep_key(spec: RunSpec) -> str | None:
     """Runs with equal keys see identical batches, mixes and teacher outputs when trained alone with their
     seed, so they can share them: same teacher, data, batch size, epochs, mixing variant and seed. They may
     differ in student, temperature, loss, mixed view and the rest of the recipe. Imported teachers train
     nothing: no key."""
-    c = spec.config
-    if c["recipe"] is None:
+    run = spec.run
+    if run.imported:
         return None
-    shared = {"teacher": c["distill"]["teacher"] if c["distill"] else None, "dataset": c["dataset"],
-              "mix": c["mix"], "seed": c["seed"], "batch_size": c["recipe"]["batch_size"],
-              "epochs": c["recipe"]["epochs"]}
+    shared = {"teacher": run.teacher, "dataset": run.dataset.as_dict(), "mix": run.mix.as_dict(),
+              "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": run.recipe.epochs}
     return json.dumps(shared, sort_keys=True)
 
 
-def lockstep_groups(specs: list, size: int) -> list[list]:
+def lockstep_groups(specs: list[RunSpec], size: int) -> list[list[RunSpec]]:
     """`specs` (teachers first) as groups of at most `size` runs with one lockstep key, in the order of each
     group's first run, so every teacher's group still precedes its students'."""
     filling: dict[str, list] = {}  # key → its newest group, still taking runs until it holds `size`

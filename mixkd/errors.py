@@ -17,5 +17,9 @@ class ConfigError(MixkdError):
         super().__init__(f"{where}{path}: {message}")
 
 
+class NoSpaceLeft(MixkdError):
+    """The disk (or quota) is full: every later run would fail the same way, so the study stops."""
+
+
 class StudyWarning(UserWarning):
     """Something in a study file that is allowed but probably not meant: the CLI prints it in one line."""

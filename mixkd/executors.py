@@ -1,7 +1,7 @@
 """Executors: how a study's pending runs are spread over processes or a Ray cluster.
 
 Each takes the runs to do (teachers first) as lockstep groups, the study's RunContext and the options,
-and yields every run's summary as it finishes. The unit of work is always `runner.execute_group`, so
+and yields every run's summary as it finishes. The unit of work is always `work.execute_group`, so
 per-run locks, resuming from checkpoints and recording failures behave the same whichever executor runs it.
 """
 
@@ -16,14 +16,17 @@ from dataclasses import dataclass
 from multiprocessing import active_children, get_context
 from typing import Callable, Iterator
 
+import torch
+
+from .config import RunSpec
 from .errors import MixkdError
 from .registry import Registry
-from .runner import Job, RunContext, execute_group
-from .study import Resources, RunSpec
+from .study import Resources
+from .work import Job, RunContext, execute_group
 
 Group = list[RunSpec]
 Executor = Callable[[list[Group], RunContext, "ExecutorOptions"], Iterator[dict]]
-EXECUTORS: Registry[Executor] = Registry("executor")
+EXECUTORS: Registry[Executor] = Registry("executor", inputs=("todo", "ctx", "options"))
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,7 @@ class ExecutorOptions:
 
 def teacher_of(group: Group) -> str | None:
     """The run every run of the group distils from (one: it is part of the lockstep key), or None."""
-    d = group[0].config["distill"]
-    return d["teacher"] if d else None
+    return group[0].run.teacher
 
 
 _contexts: dict[str, RunContext] = {}
@@ -105,8 +107,6 @@ def interrupts_ignored():
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (counting them starts no CUDA context)."""
-    import torch
-
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [g for g in listed.split(",") if g.strip()][:torch.cuda.device_count()]

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .registry import Registry
 
-METRICS: Registry = Registry("metric")
+METRICS: Registry = Registry("metric", inputs=("logits", "labels"))
 ECE_BINS = 15  # Guo et al. 2017: equal-width confidence bins
 
 

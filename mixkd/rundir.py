@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 import yaml
 
-from .errors import MixkdError
+from .config import RunSpec
+from .errors import MixkdError, NoSpaceLeft
 from .models.checkpoint import unreadable_reason
 
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = "config.yaml", "epochs.jsonl", "summary.json", "checkpoint.pt"
@@ -31,10 +32,6 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # write errors that no retry of the run can fix, so they stop the study with one line
 _FATAL_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                        errno.EFBIG: "file too large (a filesystem or `ulimit -f` limit)"}
-
-
-class NoSpaceLeft(MixkdError):
-    """The disk (or quota) is full: every later run would fail the same way, so the study stops."""
 
 
 class DamagedRun(MixkdError):
@@ -188,12 +185,12 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return open(self.path / LOCK, "a")
 
-    def start(self, config: dict, labels: dict, run_id: str) -> None:
+    def start(self, spec: RunSpec) -> None:
         """Begin (or resume) a run: config written, old summary removed. The epoch log is kept for
         `truncate_epochs`, which cuts it back to the checkpoint the run resumes from."""
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": run_id, "labels": labels, "config": config},
-                                                        sort_keys=True))
+        atomic_write(self.path / CONFIG, yaml.safe_dump({"run_id": spec.run_id, "labels": spec.labels,
+                                                         "config": spec.config}, sort_keys=True))
         (self.path / SUMMARY).unlink(missing_ok=True)
         (self.path / ANALYSIS).unlink(missing_ok=True)
         with writing(self.path / EPOCHS):
@@ -291,6 +288,26 @@ class RunDir:
         """The last checkpoint if it can resume training (an imported teacher's holds the model only)."""
         state = self.load_checkpoint()
         return state if state is not None and "epoch" in state else None
+
+    def resume_state(self, device: str) -> dict | None:
+        """The checkpoint a run on `device` (a device type) resumes from, its epoch log cut back to it; None,
+        and the log emptied, when it starts afresh. A checkpoint written on another device type is an error:
+        the data order and augmentation streams it continues live there."""
+        state = self.training_state()
+        if state is not None:
+            written_on = state.get("device", "cpu")
+            if written_on != device:
+                raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, "
+                                 f"and the data order and augmentation streams it continues live there: "
+                                 f"resume it with --device {written_on} (and --retry-failed), or delete "
+                                 f"{self.path / CHECKPOINT} to train it afresh on {device}")
+            if not self.truncate_epochs(state["epoch"]):
+                print(f"{self.path / EPOCHS} lacks some of epochs 1 to {state['epoch']}, which its "
+                      f"checkpoint follows: training the run again from the start", flush=True)
+                state = None
+        if state is None:
+            self.truncate_epochs(0)
+        return state
 
     def load_model(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """`model` with the checkpoint's weights; None without a readable checkpoint."""

@@ -1,55 +1,27 @@
 """Run every run of a study, teachers before their students, skipping what is already complete.
 
-`execute_group` is the unit of work every executor (`mixkd.executors`) runs: a lockstep group of runs
-(`engine.lockstep_groups`; one run when lockstep is 1). It claims each run's lock, so two runners on one
-study share its runs instead of training any twice, and each run resumes from its last checkpoint.
+Orchestration: the output folder and its run directories are checked before anything starts, the runs to do
+are grouped (`engine.lockstep_groups`) and handed to an executor (`mixkd.executors`), which runs each group
+as the unit of work (`mixkd.work`). Imports point that way only: runner → executors → work → train.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-import traceback
-import uuid
-from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from contextlib import closing
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
-from .analysis import analyse_run
-from .data import create_dataset
+from .build import build_model
+from .config import RunSpec
 from .engine import lockstep_groups
 from .errors import MixkdError
+from .executors import EXECUTORS, ExecutorOptions
 from .models.checkpoint import load_teacher_checkpoint
-from .provenance import environment, now
 from .rundir import RunDir, check_writable
-from .study import RunSpec, Study
-from .train import STOPS_THE_STUDY, build_model, import_teacher, train_group
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MixkdError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def describe(spec: RunSpec) -> str:
-    """A run as the study names it (a student by its name: two may share a model)."""
-    c, d, name = spec.config, spec.config["distill"], spec.labels["name"]
-    if spec.role == "teacher":
-        return f"teacher {name} mix={c['mix']['name']}"
-    if d is None:
-        return f"scratch {name} mix={c['mix']['name']} seed={c['seed']}"
-    return (f"{spec.labels['teacher']}→{name} mix={c['mix']['name']} T={d['temperature']:g} "
-            f"view={d['mixed_view']} seed={c['seed']}")
-
-
-def todo_statuses(retry_failed: bool) -> set[str]:
-    return {"pending", "running", *(["failed"] if retry_failed else [])}
+from .study import Study
+from .work import Job, RunContext, progress_line, todo_statuses
 
 
 def pending_runs(study: Study, out: Path, retry_failed: bool = False) -> list[RunSpec]:
@@ -96,7 +68,7 @@ def reopen_damaged(study: Study, out: Path) -> None:
         rundir = RunDir(out, spec.run_id)
         if rundir.status() != "complete":
             continue
-        problem = rundir.damage(spec.config["recipe"]["epochs"] if spec.config["recipe"] else 0)
+        problem = rundir.damage(spec.run.epochs)
         if problem:
             with rundir.claim() as held:
                 if held:
@@ -104,174 +76,18 @@ def reopen_damaged(study: Study, out: Path) -> None:
                     rundir.reopen()
 
 
-@dataclass
-class Job:
-    """What a worker needs to rebuild a study's RunContext; picklable, so it ships to worker processes."""
-
-    study: Study
-    out: Path
-    device: str = "auto"  # resolved where the run executes: a Ray worker may have a GPU its head lacks
-    data_root: str | None = None
-    retry_failed: bool = False
-    checkpoint_every: int = 1
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one RunContext per job and process
-
-
-class RunContext:
-    """What the runs of one study share within one process: the dataset and the loaded teachers."""
-
-    def __init__(self, job: Job):
-        self.job, self.study, self.out = job, job.study, Path(job.out)
-        self.device = resolve_device(job.device)
-        self.engine = self.study.file.engine.resolve(self.device)
-        self.specs = {r.run_id: r for r in self.study.runs}
-        self.env = environment(self.device)
-        self._data = None
-        self._teachers: dict[str, torch.nn.Module] = {}
-
-    @property
-    def data(self):
-        if self._data is None:
-            params = {k: v for k, v in self.study.dataset.items() if k != "name"}
-            self._data = create_dataset(self.study.dataset["name"], root=self.job.data_root, **params)
-        return self._data
-
-    def teacher(self, spec: RunSpec) -> torch.nn.Module | None:
-        """The student's trained teacher, loaded once from its run directory, frozen in eval mode and laid
-        out (and compiled) as the engine says."""
-        if spec.config["distill"] is None:
-            return None
-        tid = spec.config["distill"]["teacher"]
-        if tid not in self._teachers:
-            model = self._finished_teacher(tid)
-            self._teachers[tid] = self.engine.compiled(self.engine.prepare(model).eval())
-        return self._teachers[tid]
-
-    def _finished_teacher(self, tid: str) -> torch.nn.Module:
-        """Teacher run `tid`'s model once the run is complete: waited for while another runner trains it, and
-        trained here when none does (the runner that started it died, or its checkpoint is gone), so its
-        students are never failed for it. Raises TeacherNotReady when the teacher failed."""
-        rundir, trained_here = RunDir(self.out, tid), False
-        while True:
-            wait_for_other_runner(rundir, f"teacher run {tid}")
-            status = rundir.status()
-            if status == "complete" and (model := rundir.load_model(build_model(self.specs[tid].config,
-                                                                                self.data))) is not None:
-                return model
-            if status == "failed" or trained_here:
-                raise TeacherNotReady(f"teacher run {tid} is {status}: its students stay pending until it is "
-                                      f"complete (--retry-failed reruns it)")
-            print(f"teacher run {tid} is {status}{' without a checkpoint' if status == 'complete' else ''} and no "
-                  f"runner holds it: training it here", flush=True)
-            with rundir.claim() as held:
-                if held and status == "complete":
-                    rundir.reopen()
-            (summary,) = execute_group([self.specs[tid]], self)
-            print(progress_line(self.specs[tid], summary), flush=True)
-            trained_here = summary["status"] != "skipped"  # skipped: another runner claimed it meanwhile
-
-
-class TeacherNotReady(MixkdError):
-    """A student's teacher failed: the student is left to do, not failed, since nothing is wrong with it."""
-
-
-def wait_for_other_runner(rundir: RunDir, what: str) -> None:
-    """A teacher another runner is training: wait for it rather than fail its students."""
-    if rundir.is_claimed():
-        print(f"waiting for {what}: another runner is training it", flush=True)
-        rundir.wait_until_released()
-
-
 def preflight(todo: list[RunSpec], ctx: RunContext) -> None:
     """Fail fast, before any run starts, on what would otherwise fail every run one by one: a missing
     dataset, a teacher checkpoint that does not fit its architecture."""
     data = ctx.data
     for spec in todo:
-        if "checkpoint" in spec.labels:
-            load_teacher_checkpoint(build_model(spec.config, data), spec.labels["checkpoint"])
-
-
-def execute_group(specs: list[RunSpec], ctx: RunContext) -> list[dict]:
-    """Claim the group's runs, then train (or import) those still to do together, analyse each and write
-    its summary. A run another runner holds, or has finished since this study started, is skipped.
-    Returns one summary per run; never raises for a failed run."""
-    with ExitStack() as held_locks:
-        summaries, mine = [], []
-        for spec in specs:
-            rundir = RunDir(ctx.out, spec.run_id)
-            if not held_locks.enter_context(rundir.claim()):
-                summaries.append(skipped(spec, "another runner is training it"))
-            elif (status := rundir.status()) not in todo_statuses(ctx.job.retry_failed):
-                summaries.append(skipped(spec, f"already {status}, by another runner"))
-            else:
-                mine.append((spec, rundir))
-        return summaries + (_run_group(mine, ctx) if mine else [])
-
-
-def skipped(spec: RunSpec, reason: str) -> dict:
-    """Not written anywhere: the run belongs to whoever holds it."""
-    return {"run_id": spec.run_id, "status": "skipped", "reason": reason}
-
-
-def failure(e: BaseException) -> dict:
-    return {"status": "failed", "error": f"{type(e).__name__}: {e}",
-            "traceback": "".join(traceback.format_exception(e))}
-
-
-def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
-    started, clock = now(), time.perf_counter()
-    lead, teacher = runs[0][0], None
-    try:
-        teacher = ctx.teacher(lead)  # before any run starts: this runner may have to train the teacher first
-        started, clock = now(), time.perf_counter()
-        ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
-        for spec, rundir in runs:
-            rundir.start(spec.config, spec.labels, spec.run_id)
-        if "checkpoint" in lead.labels:  # an imported teacher is a group of one
-            outcomes = [import_teacher(lead.config, lead.labels["checkpoint"], ctx.data, ctx.device, runs[0][1])]
-        else:
-            members = train_group([s.config for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine, teacher,
-                                  describe(lead), ctx.job.checkpoint_every)
-            outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
-    except TeacherNotReady as e:
-        return [skipped(spec, str(e)) for spec, _ in runs]
-    except STOPS_THE_STUDY:
-        raise
-    except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
-        outcomes = [e] * len(runs)
-    summaries = []
-    for (spec, rundir), outcome in zip(runs, outcomes):
-        if isinstance(outcome, BaseException):
-            result = failure(outcome)
-        else:
-            result, model = outcome
-            try:
-                rundir.write_analysis(analyse_run(spec.config, model, teacher, ctx.data, ctx.device))
-                result = {"status": "complete", **result}
-            except STOPS_THE_STUDY:
-                raise
-            except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
-                result = failure(e)
-        # wall_seconds: this attempt's group training and evaluation, plus the analyses up to this run's
-        summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
-                   "wall_seconds": time.perf_counter() - clock}
-        rundir.write_summary(summary)
-        summaries.append(summary)
-    return summaries
-
-
-def progress_line(spec: RunSpec, summary: dict) -> str:
-    outcome = {"complete": lambda s: f"top1 {s['top1_last']:.4f} ({s['wall_seconds']:.1f}s)",
-               "failed": lambda s: f"FAILED {s['error']}",
-               "skipped": lambda s: f"skipped: {s['reason']}"}[summary["status"]]
-    return f"{spec.run_id} {describe(spec)}: {outcome(summary)}"
+        if spec.run.imported:
+            load_teacher_checkpoint(build_model(spec.run, data), spec.names.checkpoint)
 
 
 def run_study(job: Job, executor: str = "local", workers: int = 1, address: str | None = None) -> list[RunSpec]:
     """Train the study's unfinished runs, teachers first, with the named executor; returns those trained
     here (not those skipped for another runner). Tables are the caller's job."""
-    from .executors import EXECUTORS, ExecutorOptions  # executors build on execute_group, defined above
-
     run = EXECUTORS.get(executor, "--executor")
     check_writable(job.out)
     check_saved_configs(job.study, job.out)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 
+from .config import Component
 from .registry import Registry
 
-SCHEDULES: Registry = Registry("schedule")
+# A schedule: (t, epochs, **params) → the lr factor at fractional epoch t of a run of `epochs`.
+SCHEDULES: Registry = Registry("schedule", inputs=("t", "epochs"))
 
 
 @SCHEDULES.register()
@@ -31,11 +33,11 @@ def constant(t: float, epochs: int) -> float:
     return 1.0
 
 
-def lr_factor(schedule: dict, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> float:
+def lr_factor(schedule: Component, step: int, steps_per_epoch: int, epochs: int,
+              warmup_epochs: float) -> float:
     """Multiplier for optimizer step `step` (0-based): the schedule at t = step / steps_per_epoch,
     times a linear warm-up that reaches 1 after `warmup_epochs` (the first step already moves)."""
-    params = {k: v for k, v in schedule.items() if k != "name"}
-    factor = SCHEDULES.get(schedule["name"])(step / steps_per_epoch, epochs, **params)
+    factor = SCHEDULES.get(schedule.name)(step / steps_per_epoch, epochs, **schedule.kwargs())
     if warmup_epochs > 0:
         factor *= min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
     return factor

@@ -51,7 +51,7 @@ def coerce(value: Any, tp, path: str) -> Any:
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         return {str(k): coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
+        return value if isinstance(value, tp) else from_dict(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {value!r}")
@@ -99,18 +99,11 @@ def from_dict(cls, data: Any, path: str):
     return cls(**values)
 
 
-def signature_defaults(fn, skip: int) -> dict[str, inspect.Parameter]:
-    params = list(inspect.signature(fn).parameters.values())[skip:]
-    return {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "_"}
+def resolve_component(registry: Registry, spec: Any, path: str) -> dict:
+    """`name` or `{name: ..., **params}` → `{name, **settings, **every param with its default}`.
 
-
-def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
-                      extra: dict[str, Any] | None = None) -> dict:
-    """`name` or `{name: ..., **params}` → `{name, **every param with its default}`.
-
-    Parameters and their defaults come from the registered function's signature (after its first
-    `skip` positional arguments), so a new variant needs no schema edit. `extra` adds settings the
-    wrapper owns (e.g. a mixing probability) with their defaults.
+    Parameters and their defaults are the registered entry's (`Registry.params`), so a new variant needs no
+    schema edit; the registry's `settings` (e.g. a mixing probability) come first, with their defaults.
     """
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -119,10 +112,10 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
     name = spec["name"]
     if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{path}.name", registry.unknown_message(name))
-    params = signature_defaults(registry.get(name), skip)
+    params = registry.params(name)
     hints = _type_hints(registry.get(name))
     resolved: dict[str, Any] = {"name": name}
-    for key, default in (extra or {}).items():
+    for key, default in registry.settings.items():
         resolved[key] = coerce(spec.get(key, default), type(default), f"{path}.{key}")
     for key, p in params.items():
         if key in spec:
@@ -133,30 +126,19 @@ def resolve_component(registry: Registry, spec: Any, path: str, skip: int,
             value = _plain(p.default)
         if value is not None or p.default is not None:  # an optional parameter left unset stays out: so adding
             resolved[key] = value                        # one to a component changes no run id
-    unknown = [k for k in spec if k != "name" and k not in params and k not in (extra or {})]
+    unknown = [k for k in spec if k != "name" and k not in params and k not in registry.settings]
     if unknown:
-        allowed = ", ".join(["name", *(extra or {}), *params])
+        allowed = ", ".join(["name", *registry.settings, *params])
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown parameter of {registry.kind} {name!r}; allowed: {allowed}")
     return resolved
 
 
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    """A kind of component a study names: its registry, how many leading arguments its caller passes (e.g.
-    images, labels and rng) and settings the caller owns (e.g. a mixing probability), with their defaults."""
-
-    registry: Registry
-    skip: int
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def resolve(self, spec: Any, path: str) -> dict:
-        return resolve_component(self.registry, spec, path, self.skip, self.extra)
-
-    def defaults(self, name: str) -> dict[str, Any]:
-        """Every parameter a study may give `name`, with its default (inspect.Parameter.empty: required)."""
-        params = signature_defaults(self.registry.get(name), self.skip)
-        return {**self.extra, **{key: p.default if p.default is inspect.Parameter.empty else _plain(p.default)
-                                 for key, p in params.items()}}
+def component_defaults(registry: Registry, name: str) -> dict[str, Any]:
+    """Every parameter a study may give entry `name`, with its default (inspect.Parameter.empty: required)."""
+    empty = inspect.Parameter.empty
+    params = {key: p.default if p.default is empty else _plain(p.default)
+              for key, p in registry.params(name).items()}
+    return {**registry.settings, **params}
 
 
 def _plain(value):

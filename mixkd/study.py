@@ -1,59 +1,37 @@
 """Study files: a YAML grid of teacher/student pairs × mix × temperature × mixed view × loss × seed.
 
-`load_study` validates the file; `expand` turns it into fully resolved run configs (every default
-filled in), each identified by a short hash of its config, teachers and baselines included.
+`load_study` reads and validates the file and expands its grid into typed runs (`mixkd.config`): every
+default filled in, teachers and baselines included, each identified by a short hash of its config. The
+checks that build a study's components (models on the meta device, a dummy mix) are `mixkd.study_checks`.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import itertools
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from . import losses, mixing
-from .data import DATASETS, RUNTIME_PARAMS, declared_shape, training_images
-from .distill import VIEWS
+from .config import (DEFAULT_SCHEDULE, NO_MIX, ROLES, Component, Distill, Labels, Mix, MixedView, Params,
+                     Recipe, RunConfig, RunSpec)
+from .data import DATASETS, RUNTIME_PARAMS, declared_shape
 from .engine import Engine
 from .errors import ConfigError, MixkdError, StudyWarning
-from .models import check_model_args, is_known_model, meta_model, unknown_model_message
-from .models.checkpoint import teacher_state
+from .losses import LOSSES
+from .mixing import MIXERS
+from .models import is_known_model, unknown_model_message
 from .schedules import SCHEDULES
-from .schema import Kind, coerce, from_dict
+from .schema import coerce, from_dict, resolve_component
+from .study_checks import (check_fits, check_mixes_fit, check_model_args, training_images, try_loss,
+                           try_mixer, warn_of_repeats)
 
-MixedView = Literal["none", "student", "teacher", "both"]
-# The components a study names, by the name `mixkd list` gives their kind; the temperature a loss is given
-# is an axis of its own, a schedule's (t, epochs) come from the run
-KINDS = {"datasets": Kind(DATASETS, skip=1), "mixers": Kind(mixing.MIXERS, skip=3, extra={"prob": 1.0}),
-         "losses": Kind(losses.LOSSES, skip=1), "schedules": Kind(SCHEDULES, skip=2)}
-ROLES = ("teacher", "scratch", "student")  # the order runs are trained in
-NO_MIX = {"name": "none", "prob": 1.0}
-
-
-@dataclass
-class Recipe:
-    """How one run trains. Defaults are the RepDistiller / MIX-KD CIFAR recipe."""
-
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: Any = "multistep"  # a schedule name or {name: ..., **params}
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    eval_batch_size: int = 500
+# The components a study names, by the name `mixkd list` gives their kind
+COMPONENTS = {"datasets": DATASETS, "mixers": MIXERS, "losses": LOSSES, "schedules": SCHEDULES}
 
 
 @dataclass
@@ -118,39 +96,17 @@ class StudyFile:
 
 
 @dataclass
-class RunSpec:
-    """One run: `config` is what it computes (hashed into `run_id`); `labels` only name things."""
-
-    config: dict
-    labels: dict
-    run_id: str = ""
-
-    def __post_init__(self):
-        self.run_id = run_id(self.config)
-
-    @property
-    def role(self) -> str:
-        return self.config["role"]
-
-
-@dataclass
 class Study:
     name: str
     source: str
     file: StudyFile
     runs: list[RunSpec]
-    dataset: dict
+    dataset: Component  # as the study gives it, how it is fetched included
     raw: Any = None  # the study file as read, kept with the tables (`mixkd.study_record`)
 
     @property
     def output(self) -> Path:
         return Path(self.file.output or Path("out") / self.name)
-
-
-def run_id(config: dict) -> str:
-    """Short stable hash: key order is irrelevant, any changed value gives a new id."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 AXES = ("teacher", "student", "mix", "temperature", "mixed_view", "loss", "seed")
@@ -232,28 +188,34 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     if f.resources.gpus_per_run is not None:
         _positive(f.resources.gpus_per_run, "resources.gpus_per_run", allow_zero=True)
     _positive(f.resources.cpus_per_run, "resources.cpus_per_run")
-    dataset = KINDS["datasets"].resolve(f.dataset, "dataset")
-    images = training_images(dataset, "dataset")
-    identity = {k: v for k, v in dataset.items() if k not in RUNTIME_PARAMS}  # what the data is, not how it's fetched
+    for key in ("lockstep", "cpu_threads"):
+        if getattr(f.engine, key) < 1:
+            raise ConfigError(f"engine.{key}", f"must be ≥ 1, got {getattr(f.engine, key)!r}")
+    spec = resolve_component(DATASETS, f.dataset, "dataset")
+    images = training_images(spec, "dataset")
+    dataset = Component.from_dict(spec)
+    # what the data is, not how it is fetched
+    identity = Component.from_dict({k: v for k, v in spec.items() if k not in RUNTIME_PARAMS})
+    shape = declared_shape(spec)
     base_recipe = _recipe(f.recipe, "recipe", images=images)
     recipes = {}  # (teachers|students, name) → its recipe
     for where, specs in (("teachers", f.teachers), ("students", f.students)):
         if not specs:
             raise ConfigError(where, "needs at least one entry")
-        for key, spec in specs.items():
-            if not is_known_model(spec.model):
-                raise ConfigError(f"{where}.{key}.model", unknown_model_message(spec.model))
-            spec.model_args = check_model_args(spec.model, spec.model_args, f"{where}.{key}.model_args",
-                                               declared_shape(dataset))
-            recipes[where, key] = _recipe(spec.recipe, f"{where}.{key}.recipe", base_recipe, images)
-    for key, spec in f.teachers.items():
-        _seeds([spec.seed], f"teachers.{key}.seed")
+        for key, entry in specs.items():
+            if not is_known_model(entry.model):
+                raise ConfigError(f"{where}.{key}.model", unknown_model_message(entry.model))
+            entry.model_args = check_model_args(entry.model, entry.model_args, f"{where}.{key}.model_args",
+                                                shape)
+            recipes[where, key] = _recipe(entry.recipe, f"{where}.{key}.recipe", base_recipe, images)
+    for key, teacher in f.teachers.items():
+        _seeds([teacher.seed], f"teachers.{key}.seed")
     pairs = f.pairs if f.pairs is not None else [Pair(t, s) for t in f.teachers for s in f.students]
     for i, p in enumerate(pairs):
         _check_pair(p.teacher, p.student, f, f"pairs[{i}]")
 
-    teacher_runs = {name: _teacher_run(name, spec, identity, recipes["teachers", name], Path(source))
-                    for name, spec in f.teachers.items()}
+    teacher_runs = {name: _teacher_run(name, t, identity, recipes["teachers", name], Path(source), shape)
+                    for name, t in f.teachers.items()}
     axes = _axes(f.grid)
     points = list(map(_unmixed_as_one, _grid_points(pairs, axes)))
     for i, entry in enumerate(f.exclude):
@@ -276,79 +238,9 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     for r in runs:
         unique.setdefault(r.run_id, r)
     ordered = sorted(unique.values(), key=lambda r: ROLES.index(r.role))  # stable: teachers first
-    _check_mixes_fit(ordered, f, declared_shape(dataset))
-    _warn_of_repeats(ordered, source)
+    check_mixes_fit(ordered, f.teachers, f.students, shape)
+    warn_of_repeats(ordered, source)
     return Study(f.name, source, f, ordered, dataset, raw)
-
-
-def _check_mixes_fit(runs: list[RunSpec], f: StudyFile, shape: tuple[int, int, int]) -> None:
-    """Fail when the study is read, not in every run, on a mix that a model it is applied to cannot take
-    (TransMix needs the student's class-token attention, manifold mixup the stages it mixes in front of)."""
-    models, checked = {}, set()
-    for r in runs:
-        mix = r.config["mix"]
-        if mix["name"] not in mixing.MODEL_NEEDS:
-            continue
-        for where, name, relabels in _mixed_models(r):
-            spec = (f.teachers if where == "teachers" else f.students)[name]
-            model = (spec.model, json.dumps(spec.model_args, sort_keys=True))
-            if (*model, json.dumps(mix, sort_keys=True), relabels) in checked:
-                continue
-            checked.add((*model, json.dumps(mix, sort_keys=True), relabels))
-            if model not in models:
-                models[model] = meta_model(spec.model, spec.model_args, shape)
-            params = {k: v for k, v in mix.items() if k not in ("name", "prob")}
-            try:
-                mixing.MODEL_NEEDS.get(mix["name"])(models[model], relabels, **params)
-            except (ValueError, MixkdError) as e:
-                raise ConfigError(f"{where}.{name}.model", f"{spec.model} cannot take mix {mix['name']!r}: {e}") \
-                    from None
-
-
-def _mixed_models(r: RunSpec) -> list[tuple[str, str, bool]]:
-    """(teachers|students, name, relabels) of each model run `r` applies its mix to: the model it trains when
-    that sees the mixed batch (the mix's labels may come from its forward), and a teacher that sees it."""
-    distill = r.config["distill"]
-    view = VIEWS[distill["mixed_view"] if distill else "student"]
-    mixed = [("teachers" if r.role == "teacher" else "students", r.labels["name"], True)] if view.student_mixed else []
-    return mixed + ([("teachers", r.labels["teacher"], False)] if distill and view.teacher_mixed else [])
-
-
-def _computation(config: dict) -> dict:
-    """What a run computes, whatever it is called: a teacher trains as a scratch run does; a student whose loss
-    reads no teacher (ce) is a scratch run, with the mix only if it sees the mixed batch; TransMix where the
-    student sees clean images relabels nothing, so it is CutMix."""
-    c, d = {**config, "role": None}, config["distill"]
-    if d is None:
-        return c
-    view = VIEWS[d["mixed_view"]]
-    if not losses.LOSSES.get(d["loss"]["name"]).uses_teacher:
-        return {**c, "distill": None, "mix": c["mix"] if view.student_mixed else NO_MIX}
-    if c["mix"]["name"] == "transmix" and not view.student_mixed:
-        return {**c, "mix": {**c["mix"], "name": "cutmix"}}
-    return c
-
-
-def _warn_of_repeats(runs: list[RunSpec], source: str) -> None:
-    """Runs that compute exactly what another run of the study computes would train twice under two labels."""
-    first: dict[str, RunSpec] = {}
-    repeats = []
-    for r in runs:
-        key = json.dumps(_computation(r.config), sort_keys=True)
-        if key in first:
-            repeats.append(f"{_name(r)} = {_name(first[key])}")
-        first.setdefault(key, r)
-    if repeats:
-        more = f" and {len(repeats) - 2} more" if len(repeats) > 2 else ""
-        warnings.warn(f"{source}: {len(repeats)} run{'s' * (len(repeats) > 1)} would train what another run "
-                      f"trains, so each such pair twice: {'; '.join(repeats[:2])}{more}", StudyWarning, stacklevel=3)
-
-
-def _name(r: RunSpec) -> str:
-    c, d = r.config, r.config["distill"]
-    where = f"{r.labels['teacher']}→" if d else ""
-    details = f", T {d['temperature']:g}, view {d['mixed_view']}, loss {d['loss']['name']}" if d else ""
-    return f"{r.role} {where}{r.labels['name']} (mix {c['mix']['name']}{details}, seed {c['seed']})"
 
 
 LABEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -372,48 +264,36 @@ def _positive(value: float, path: str, allow_zero: bool = False) -> None:
         raise ConfigError(path, f"must be {'≥' if allow_zero else '>'} 0, got {value!r}")
 
 
-def _recipe(overrides: dict, path: str, base: dict | None = None, images: int | None = None) -> dict:
-    """The recipe `overrides` make of `base`, checked; `images`: how many the dataset trains on, if known."""
-    merged = {**(base or {}), **overrides}
-    recipe = dataclasses.asdict(from_dict(Recipe, merged, path))
+def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int | None = None) -> Recipe:
+    """The recipe `overrides` make of `base` (else of the default recipe), checked; `images`: how many the
+    dataset trains on, if known."""
+    merged = {**(base.as_dict() if base else {}), **overrides}
+    schedule = resolve_component(SCHEDULES, merged.pop("schedule", DEFAULT_SCHEDULE), f"{path}.schedule")
+    recipe = from_dict(Recipe, {**merged, "schedule": Component.from_dict(schedule)}, path)
     for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
-        _positive(recipe[key], f"{path}.{key}")
-    if images is not None and recipe["batch_size"] > images:
+        _positive(getattr(recipe, key), f"{path}.{key}")
+    if images is not None and recipe.batch_size > images:
         raise ConfigError(f"{path}.batch_size", f"must be at most the {images} images the dataset trains on, "
-                                                f"got {recipe['batch_size']}")
+                                                f"got {recipe.batch_size}")
     for key in ("momentum", "weight_decay", "warmup_epochs"):
-        _positive(recipe[key], f"{path}.{key}", allow_zero=True)
-    if not 0 <= recipe["label_smoothing"] < 1:
-        raise ConfigError(f"{path}.label_smoothing", f"must be in [0, 1), got {recipe['label_smoothing']!r}")
-    recipe["schedule"] = KINDS["schedules"].resolve(recipe["schedule"], f"{path}.schedule")
+        _positive(getattr(recipe, key), f"{path}.{key}", allow_zero=True)
+    if not 0 <= recipe.label_smoothing < 1:
+        raise ConfigError(f"{path}.label_smoothing", f"must be in [0, 1), got {recipe.label_smoothing!r}")
     return recipe
 
 
-def _mix(spec: Any, path: str) -> dict:
-    mix = KINDS["mixers"].resolve(spec, path)
+def _mix(spec: Any, path: str) -> Mix:
+    mix = resolve_component(MIXERS, spec, path)
     if not 0 <= mix["prob"] <= 1:
         raise ConfigError(f"{path}.prob", f"must be in [0, 1], got {mix['prob']!r}")
-    _try_mixer(mix, path)
+    mix = Mix.from_dict(mix)
+    try_mixer(mix, path)
     return mix
 
 
-def _try_mixer(mix: dict, path: str) -> None:
-    """Mix a dummy batch once, so parameters the mixer cannot use fail when the study is read, not hours
-    into a run (their ranges are the mixer's own business, as a model's arguments are the model's)."""
-    name, params = mix["name"], {k: v for k, v in mix.items() if k not in ("name", "prob")}
-    try:
-        mixing.MIXERS.get(name)(torch.zeros(8, 3, 8, 8), torch.arange(8), np.random.default_rng(0), **params)
-    except Exception as e:  # noqa: BLE001 - whatever the mixer raises, it is about these parameters
-        raise ConfigError(path, f"mixer {name!r} rejects its parameters: {type(e).__name__}: {e}") from None
-
-
-def _loss(spec: Any, path: str) -> dict:
-    loss = KINDS["losses"].resolve(spec, path)
-    name, params = loss["name"], {k: v for k, v in loss.items() if k != "name"}
-    try:
-        losses.LOSSES.get(name)(**params)  # its parameters' ranges are the loss's own business
-    except Exception as e:  # noqa: BLE001 - whatever it raises, it is about these parameters
-        raise ConfigError(path, f"loss {name!r} rejects its parameters: {type(e).__name__}: {e}") from None
+def _loss(spec: Any, path: str) -> Component:
+    loss = Component.from_dict(resolve_component(LOSSES, spec, path))
+    try_loss(loss, path)
     return loss
 
 
@@ -453,8 +333,8 @@ def _grid_points(pairs: list[Pair], axes: dict[str, list]) -> list[dict]:
 
 def _unmixed_as_one(point: dict) -> dict:
     """Nothing is mixed when the mix is `none` or no one sees it: one run, whatever the other axis said."""
-    if point["mix"]["name"] == "none" or point["mixed_view"] == "none":
-        return {**point, "mix": copy.deepcopy(NO_MIX), "mixed_view": "none"}
+    if point["mix"].name == "none" or point["mixed_view"] == "none":
+        return {**point, "mix": NO_MIX, "mixed_view": "none"}
     return point
 
 
@@ -464,7 +344,7 @@ def _as_list(v) -> list:
 
 def _partial(resolve, spec: Any, path: str) -> dict:
     """A mix/loss pattern: validated and coerced like the grid's, keeping only the keys it names."""
-    full = resolve(spec, path)
+    full = resolve(spec, path).as_dict()
     return {k: full[k] for k in (spec if isinstance(spec, dict) else {"name": spec})}
 
 
@@ -497,7 +377,10 @@ def _matches(point: dict, pattern: dict[str, list]) -> bool:
     """A point matches when, for every axis of the pattern, its value is one of the pattern's values;
     a mix or loss pattern matches every variant with the name and parameters it gives."""
     def one(value, wanted) -> bool:
-        return all(value.get(k) == v for k, v in wanted.items()) if isinstance(wanted, dict) else value == wanted
+        if isinstance(wanted, dict):
+            value = value.as_dict()
+            return all(value.get(k) == v for k, v in wanted.items())
+        return value == wanted
 
     return all(any(one(point[axis], w) for w in wanted) for axis, wanted in pattern.items())
 
@@ -516,32 +399,23 @@ def _include_points(inc: dict, f: StudyFile, pairs: list[Pair], axes: dict[str, 
             for p in pair_list for values in itertools.product(*(fixed.get(k, axes[k]) for k in KEYS))]
 
 
-def _teacher_run(name: str, spec: TeacherSpec, dataset: dict, recipe: dict, source: Path) -> RunSpec:
-    config = {"role": "teacher", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
-              "recipe": recipe, "mix": _mix(spec.mix, f"teachers.{name}.mix"), "distill": None, "seed": spec.seed}
-    labels = {"name": name, "teacher": None, "student": None}
-    if spec.checkpoint:
-        for key, unused in (("mix", spec.mix != "none"), ("recipe", bool(spec.recipe)), ("seed", spec.seed != 0)):
-            if unused:
-                raise ConfigError(f"teachers.{name}.{key}", "has no effect on a teacher given as a checkpoint; remove it")
-        # Identified by the file's content, not its path or a recipe it was never trained with.
-        path = (source.parent / spec.checkpoint).resolve() if not Path(spec.checkpoint).is_absolute() \
-            else Path(spec.checkpoint)
-        config.update(recipe=None, mix=copy.deepcopy(NO_MIX), seed=None,
-                      checkpoint_sha256=_sha256(path, f"teachers.{name}.checkpoint"))
-        labels["checkpoint"] = str(path)
-        _check_fits(spec, path, dataset, f"teachers.{name}.checkpoint")
-    return RunSpec(config, labels)
-
-
-def _check_fits(spec: TeacherSpec, path: Path, dataset: dict, field_path: str) -> None:
-    """Load a checkpoint teacher into its architecture, built on the meta device, where the dataset declares
-    its shape (the run loads it again with the data's)."""
-    if hasattr(DATASETS.get(dataset["name"]), "shape"):
-        try:
-            teacher_state(meta_model(spec.model, spec.model_args, declared_shape(dataset)), path)
-        except MixkdError as e:
-            raise ConfigError(field_path, str(e)) from None
+def _teacher_run(name: str, spec: TeacherSpec, dataset: Component, recipe: Recipe, source: Path,
+                 shape: tuple[int, int, int]) -> RunSpec:
+    mix = _mix(spec.mix, f"teachers.{name}.mix")
+    if not spec.checkpoint:
+        run = RunConfig("teacher", spec.model, Params(spec.model_args), dataset, recipe, mix, None, spec.seed)
+        return RunSpec(run, Labels(name))
+    for key, unused in (("mix", spec.mix != "none"), ("recipe", bool(spec.recipe)), ("seed", spec.seed != 0)):
+        if unused:
+            raise ConfigError(f"teachers.{name}.{key}",
+                              "has no effect on a teacher given as a checkpoint; remove it")
+    # Identified by the file's content, not its path or a recipe it was never trained with.
+    path = (source.parent / spec.checkpoint).resolve() if not Path(spec.checkpoint).is_absolute() \
+        else Path(spec.checkpoint)
+    run = RunConfig("teacher", spec.model, Params(spec.model_args), dataset, None, NO_MIX, None, None,
+                    checkpoint_sha256=_sha256(path, f"teachers.{name}.checkpoint"))
+    check_fits(spec.model, spec.model_args, path, dataset, shape, f"teachers.{name}.checkpoint")
+    return RunSpec(run, Labels(name, checkpoint=str(path)))
 
 
 def _sha256(path: Path, field_path: str) -> str:
@@ -554,17 +428,14 @@ def _sha256(path: Path, field_path: str) -> str:
     return digest.hexdigest()
 
 
-def _scratch_run(name: str, spec: StudentSpec, mix: dict, seed: int, dataset: dict, recipe: dict) -> RunSpec:
-    config = {"role": "scratch", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
-              "recipe": recipe, "mix": mix, "distill": None, "seed": seed}
-    return RunSpec(config, {"name": name, "teacher": None, "student": name})
+def _scratch_run(name: str, spec: StudentSpec, mix: Mix, seed: int, dataset: Component,
+                 recipe: Recipe) -> RunSpec:
+    run = RunConfig("scratch", spec.model, Params(spec.model_args), dataset, recipe, mix, None, seed)
+    return RunSpec(run, Labels(name, student=name))
 
 
-
-def _student_run(p: dict, spec: StudentSpec, teacher: RunSpec, dataset: dict, recipe: dict) -> RunSpec:
-    mix, view = p["mix"], p["mixed_view"]
-    config = {"role": "student", "model": spec.model, "model_args": spec.model_args, "dataset": dataset,
-              "recipe": recipe, "mix": mix, "seed": p["seed"],
-              "distill": {"teacher": teacher.run_id, "temperature": float(p["temperature"]),
-                          "mixed_view": view, "loss": p["loss"]}}
-    return RunSpec(config, {"name": p["student"], "teacher": p["teacher"], "student": p["student"]})
+def _student_run(p: dict, spec: StudentSpec, teacher: RunSpec, dataset: Component, recipe: Recipe) -> RunSpec:
+    distill = Distill(teacher.run_id, float(p["temperature"]), p["mixed_view"], p["loss"])
+    run = RunConfig("student", spec.model, Params(spec.model_args), dataset, recipe, p["mix"], distill,
+                    p["seed"])
+    return RunSpec(run, Labels(p["student"], teacher=p["teacher"], student=p["student"]))

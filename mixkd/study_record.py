@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import Component, RunSpec
 from .errors import MixkdError
 from .rundir import atomic_write
 from .schema import from_dict
-from .study import RunSpec, Study, StudyFile, normalise_students
+from .study import Study, StudyFile, normalise_students
 
 RECORD = "study.json"
 FORMAT = 1
@@ -22,7 +23,7 @@ FORMAT = 1
 def write_record(study: Study, out: Path) -> None:
     """Store `study` (and the file it was read from) in its output folder."""
     record = {"format": FORMAT, "name": study.name, "source": study.source, "study_file": study.raw,
-              "dataset": study.dataset,
+              "dataset": study.dataset.as_dict(),
               "runs": [{"run_id": r.run_id, "config": r.config, "labels": r.labels} for r in study.runs]}
     atomic_write(Path(out) / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
 
@@ -36,7 +37,8 @@ def read_record(out: Path) -> Study:
     path = Path(out) / RECORD
     try:
         record = json.loads(path.read_text())
-        runs = [RunSpec(r["config"], r["labels"]) for r in record["runs"]]
+        runs = [RunSpec.from_dicts(r["config"], r["labels"]) for r in record["runs"]]
+        dataset = Component.from_dict(record["dataset"])
         file = from_dict(StudyFile, normalise_students(record["study_file"]), "")
     except (OSError, ValueError, KeyError, TypeError, MixkdError) as e:
         raise MixkdError(f"{path}: not a study record mixkd can read ({type(e).__name__}: {e}); rerun "
@@ -45,7 +47,7 @@ def read_record(out: Path) -> Study:
         if spec.run_id != stored["run_id"]:
             raise MixkdError(f"{path}: run {stored['run_id']}'s config hashes to {spec.run_id} "
                              f"(the file was edited); rerun `mixkd run STUDY --out {out}` to rewrite it")
-    return Study(record["name"], record["source"], file, runs, record["dataset"], record["study_file"])
+    return Study(record["name"], record["source"], file, runs, dataset, record["study_file"])
 
 
 def check_same_study(study: Study, out: Path, command: str) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import columns
+from .config import Component, RunSpec, run_id
 from .errors import MixkdError
 from .rundir import RunDir, atomic_write
-from .study import RunSpec, Study, run_id
+from .study import Study
 
 RUN_COLUMNS = ["run_id", "variant_id", "variant", "study", "role", "name", "model", "teacher", "student",
                "dataset", "mix", "mix_alpha", "temperature", "mixed_view", "loss", "seed", "epochs", "status",
@@ -34,33 +35,34 @@ def _flat(value):
     return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
-def _prefixed(prefix: str, component: dict) -> dict:
-    """{name: mixup, alpha: 1} → {mix: mixup, mix_alpha: 1}."""
-    return {prefix: component["name"],
-            **{f"{prefix}_{k}": _flat(v) for k, v in component.items() if k != "name"}}
+def _prefixed(prefix: str, component: Component) -> dict:
+    """mixup with alpha 1 → {mix: mixup, mix_alpha: 1}."""
+    params = {k: v for k, v in component.as_dict().items() if k != "name"}
+    return {prefix: component.name, **{f"{prefix}_{k}": _flat(v) for k, v in params.items()}}
 
 
 def variant_id(spec: RunSpec) -> str:
     """The run's config without its seed, with the names it goes by: runs that differ only in seed share
     it."""
     config = {k: v for k, v in spec.config.items() if k != "seed"}
-    return run_id({"config": config, "labels": {k: spec.labels[k] for k in ("name", "teacher", "student")}})
+    n = spec.names
+    return run_id({"config": config, "labels": {"name": n.name, "teacher": n.teacher, "student": n.student}})
 
 
 def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec | None) -> dict:
-    c, d = spec.config, spec.config["distill"]
-    recipe = {k: _flat(v) for k, v in (c["recipe"] or {}).items() if k != "schedule"}
-    schedule = _prefixed("schedule", c["recipe"]["schedule"]) if c["recipe"] else {}
-    row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": c["role"],
-           "name": spec.labels["name"], "model": c["model"],
-           "teacher": spec.labels["teacher"], "student": spec.labels["student"],
-           "teacher_id": d["teacher"] if d else None,
-           "teacher_model": teacher.config["model"] if teacher else None,
-           "teacher_mix": teacher.config["mix"]["name"] if teacher else None,
-           **_prefixed("dataset", c["dataset"]), **_prefixed("mix", c["mix"]),
-           "temperature": d["temperature"] if d else None, "mixed_view": d["mixed_view"] if d else None,
-           **_prefixed("loss", d["loss"] if d else {"name": "ce"}),
-           "seed": c["seed"], **recipe, **schedule, "model_args": json.dumps(c["model_args"], sort_keys=True),
+    run, d, names = spec.run, spec.run.distill, spec.names
+    recipe = {k: _flat(v) for k, v in (run.recipe.as_dict() if run.recipe else {}).items() if k != "schedule"}
+    schedule = _prefixed("schedule", run.recipe.schedule) if run.recipe else {}
+    row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": run.role,
+           "name": names.name, "model": run.model, "teacher": names.teacher, "student": names.student,
+           "teacher_id": run.teacher,
+           "teacher_model": teacher.run.model if teacher else None,
+           "teacher_mix": teacher.run.mix.name if teacher else None,
+           **_prefixed("dataset", run.dataset), **_prefixed("mix", run.mix),
+           "temperature": run.temperature, "mixed_view": d.mixed_view if d else None,
+           **_prefixed("loss", run.loss),
+           "seed": run.seed, **recipe, **schedule,
+           "model_args": json.dumps(run.model_args.thaw(), sort_keys=True),
            "status": summary["status"] if summary else "pending"}
     row.update({k: v for k, v in (summary or {}).items() if k not in SUMMARY_SKIP and k not in row})
     return row
@@ -76,8 +78,8 @@ def build_runs_table(study: Study, summaries: dict[str, dict | None]) -> pd.Data
     specs = {r.run_id: r for r in study.runs}
     rows = []
     for spec in study.runs:
-        d = spec.config["distill"]
-        rows.append(run_row(spec, study, summaries.get(spec.run_id), specs[d["teacher"]] if d else None))
+        teacher = spec.run.teacher
+        rows.append(run_row(spec, study, summaries.get(spec.run_id), specs[teacher] if teacher else None))
     df = pd.DataFrame(rows)
     df.insert(2, "variant", columns.variant_labels(df))
     rest = sorted((c for c in df.columns if c not in RUN_COLUMNS),

@@ -13,21 +13,21 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .build import placed_model
+from .config import RunConfig
 from .distill import Distiller, TeacherForward
 from .engine import DeviceEngine
-from .errors import MixkdError
-from .losses import CE, create_loss
+from .errors import NoSpaceLeft
+from .losses import create_loss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
-from .models import create_model
-from .models.checkpoint import load_teacher_checkpoint
-from .rundir import CHECKPOINT, EPOCHS, NoSpaceLeft, RunDir
 from .schedules import lr_factor
 
 
@@ -41,18 +41,8 @@ class NonFiniteLoss(RuntimeError):
 STOPS_THE_STUDY = (NoSpaceLeft, *(e for e in (getattr(torch, "AcceleratorError", None),) if e is not None))
 
 
-def build_model(config: dict, data) -> nn.Module:
-    return create_model(config["model"], num_classes=data.num_classes, in_chans=data.in_chans,
-                        img_size=data.img_size, **config.get("model_args", {}))
-
-
 def mixing_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1])  # its own stream: mixing draws don't depend on the model
-
-
-def split_params(params: dict) -> tuple[str, dict]:
-    params = dict(params)
-    return params.pop("name"), params
 
 
 def shared_rng_states(loader, rng: np.random.Generator) -> dict:
@@ -89,13 +79,14 @@ class Progress:
         return cls(state["epoch"], state["step"], tuple(state["best"]), state["scores"], state["seconds"])
 
 
-def loss_and_view(config: dict):
-    """A student's distillation loss and mixed view; teachers and scratch students: (mixed-)label CE."""
-    distill = config["distill"]
-    if not distill:
-        return CE(), "student"
-    name, params = split_params(distill["loss"])
-    return create_loss(name, temperature=distill["temperature"], **params), distill["mixed_view"]
+class Journal(Protocol):
+    """Where the loop records a run (its `RunDir`): the checkpoint it resumes from, epochs, checkpoints."""
+
+    def resume_state(self, device: str) -> dict | None: ...
+
+    def log_epoch(self, record: dict) -> None: ...
+
+    def save_checkpoint(self, state: dict) -> None: ...
 
 
 class Member:
@@ -106,35 +97,23 @@ class Member:
     exactly what it would alone.
     """
 
-    def __init__(self, config: dict, data, engine: DeviceEngine, teacher: nn.Module | None,
-                 rundir: RunDir | None = None):
-        self.config, self.recipe, self.engine, self.rundir = config, config["recipe"], engine, rundir
-        torch.manual_seed(config["seed"])
-        self.model = engine.prepare(build_model(config, data))
-        loss, view = loss_and_view(config)
-        self.distiller = Distiller(engine.compiled(self.model), teacher if config["distill"] else None, loss, view,
-                                   data.num_classes, self.recipe["label_smoothing"])
+    def __init__(self, run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | None,
+                 journal: Journal | None = None):
+        self.run, self.recipe, self.engine, self.journal = run, run.recipe, engine, journal
+        torch.manual_seed(run.seed)
+        self.model = placed_model(run, data, engine)
+        loss = create_loss(run.loss.name, temperature=run.temperature, **run.loss.kwargs())
+        self.distiller = Distiller(engine.compiled(self.model), teacher if run.distill else None, loss,
+                                   run.view, data.num_classes, self.recipe.label_smoothing)
         self.optimizer = engine.sgd(self.model.parameters(), self.recipe)
         self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
         self.resumed_from, self.shared_rng = 0, None
         self.epoch_sums: dict[str, Tensor] = {}  # loss parts × images, on the device until the epoch ends
 
     def resume(self) -> None:
-        """Restore the run's last checkpoint, if any, and cut its epoch log back to it."""
-        state = self.rundir.training_state()
-        if state is not None:
-            written_on, device = state.get("device", "cpu"), self.engine.device.type
-            if written_on != device:
-                raise MixkdError(f"its checkpoint (epoch {state['epoch']}) was written on {written_on}, and the "
-                                 f"data order and augmentation streams it continues live there: resume it with "
-                                 f"--device {written_on} (and --retry-failed), or delete "
-                                 f"{self.rundir.path / CHECKPOINT} to train it afresh on {device}")
-            if not self.rundir.truncate_epochs(state["epoch"]):
-                print(f"{self.rundir.path / EPOCHS} lacks some of epochs 1 to {state['epoch']}, which its "
-                      f"checkpoint follows: training the run again from the start", flush=True)
-                state = None
+        """Restore the run's last checkpoint, if any (its journal cuts the epoch log back to it)."""
+        state = self.journal.resume_state(self.engine.device.type)
         if state is None:
-            self.rundir.truncate_epochs(0)
             return
         self.model.load_state_dict(state["model"])
         self.load_optimizer(state["optimizer"])
@@ -174,7 +153,7 @@ class Member:
         """One optimisation step; the loss parts are summed on the device and read once per epoch."""
         r = self.recipe
         for group in self.optimizer.param_groups:
-            group["lr"] = r["lr"] * lr_factor(r["schedule"], self.progress.step, steps, r["epochs"], r["warmup_epochs"])
+            group["lr"] = r.lr * lr_factor(r.schedule, self.progress.step, steps, r.epochs, r.warmup_epochs)
         with self.own_rng(), self.engine.autocast():
             _, parts = self.distiller.forward_train(x, y, mix, epoch, teacher_out)
         total = sum(parts.values())
@@ -199,16 +178,17 @@ class Member:
         if p.scores["top1"] > p.best[0]:
             p.best = (p.scores["top1"], epoch)
         p.seconds += seconds
-        self.rundir.log_epoch({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **train,
-                               "test_top1": p.scores["top1"], "test_loss": p.scores["nll"], "seconds": seconds})
-        if epoch % checkpoint_every == 0 or epoch == self.recipe["epochs"]:
-            self.rundir.save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                         "epoch": p.epoch, "step": p.step, "best": list(p.best), "scores": p.scores,
-                                         "seconds": p.seconds, "rng": {**self.rng, **shared_rng},
-                                         "device": self.engine.device.type})
+        self.journal.log_epoch({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **train,
+                                "test_top1": p.scores["top1"], "test_loss": p.scores["nll"],
+                                "seconds": seconds})
+        if epoch % checkpoint_every == 0 or epoch == self.recipe.epochs:
+            self.journal.save_checkpoint({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": p.epoch,
+                "step": p.step, "best": list(p.best), "scores": p.scores, "seconds": p.seconds,
+                "rng": {**self.rng, **shared_rng}, "device": self.engine.device.type})
 
     def result(self, data, group_size: int) -> dict:
-        p, epochs = self.progress, self.recipe["epochs"]
+        p, epochs = self.progress, self.recipe.epochs
         return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
                 "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
@@ -220,8 +200,21 @@ class Lockstep:
     one teacher forward per input (clean, mixed), then each live member's own step."""
 
     def __init__(self, members: list[Member], mixer: Mixer, rng: np.random.Generator, teacher: nn.Module | None,
-                 engine: DeviceEngine):
+                 engine: DeviceEngine, loader=None):
         self.members, self.mixer, self.rng, self.teacher, self.engine = members, mixer, rng, teacher, engine
+        self.loader = loader
+
+    @classmethod
+    def of(cls, members: list[Member], data, engine: DeviceEngine, teacher: nn.Module | None) -> "Lockstep":
+        """The group `members` (runs of one lockstep key, `engine.lockstep_key`) train in: the mixer, mixing
+        generator and loader their seed and recipe give, at the shared streams' state they resume from."""
+        lead = members[0]
+        loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed)
+        rng = mixing_rng(lead.run.seed)
+        if lead.shared_rng is not None:
+            loader.generator.set_state(lead.shared_rng["loader"])
+            rng.bit_generator.state = lead.shared_rng["mixing"]
+        return cls(members, Mixer.of(lead.run.mix), rng, teacher, engine, loader)
 
     @property
     def live(self) -> list[Member]:
@@ -235,34 +228,27 @@ class Lockstep:
             m.guarded(m.step, x, y, mix, teacher_out, epoch, steps)
 
 
-def train_group(configs: list[dict], rundirs: list[RunDir], data, engine: DeviceEngine,
+def train_group(runs: list[RunConfig], journals: list[Journal], data, engine: DeviceEngine,
                 teacher: nn.Module | None = None, desc: str = "", checkpoint_every: int = 1) -> list[Member]:
     """Train runs sharing a lockstep key (`engine.lockstep_key`) together, each resuming from its own
-    checkpoint; log each epoch and checkpoint every `checkpoint_every` epochs (and the last) to its run
-    directory. Returns the members: a finished model and `result()`, or `error` set. Alone, a run is a
-    group of one: this is the one training loop."""
-    members = [Member(c, data, engine, teacher, d) for c, d in zip(configs, rundirs)]
+    checkpoint; log each epoch and checkpoint every `checkpoint_every` epochs (and the last) to its journal.
+    Returns the members: a finished model and `result()`, or `error` set. Alone, a run is a group of one:
+    this is the one training loop."""
+    members = [Member(r, data, engine, teacher, j) for r, j in zip(runs, journals)]
     for m in members:
         m.guarded(m.resume)
     # members that stopped at different epochs (a kill between their checkpoints) catch up one cohort at a time
     for epoch in sorted({m.progress.epoch for m in members if m.error is None}):
         cohort = [m for m in members if m.error is None and m.progress.epoch == epoch]
-        _train_cohort(cohort, data, engine, teacher, desc, checkpoint_every)
+        _train_cohort(Lockstep.of(cohort, data, engine, teacher), data, desc, checkpoint_every)
     return members
 
 
-def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, desc: str, checkpoint_every: int):
-    lead = members[0].config
-    epochs, seed = lead["recipe"]["epochs"], lead["seed"]
-    mix_name, mix_params = split_params(lead["mix"])
-    mixer = Mixer(mix_name, mix_params, prob=mix_params.pop("prob"))
-    loader, rng = data.train_loader(lead["recipe"]["batch_size"], engine.device, seed), mixing_rng(seed)
-    if members[0].shared_rng is not None:
-        loader.generator.set_state(members[0].shared_rng["loader"])
-        rng.bit_generator.state = members[0].shared_rng["mixing"]
-    group = Lockstep(members, mixer, rng, teacher, engine)
-    eval_loaders = {b: data.eval_loader(b, engine.device) for b in {m.recipe["eval_batch_size"] for m in members}}
-    start, n = members[0].progress.epoch, data.num_train_images
+def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
+    members, engine, loader, rng = group.members, group.engine, group.loader, group.rng
+    sizes = {m.recipe.eval_batch_size for m in members}
+    eval_loaders = {b: data.eval_loader(b, engine.device) for b in sizes}
+    epochs, start, n = members[0].recipe.epochs, members[0].progress.epoch, data.num_train_images
     if len(members) > 1:
         desc = f"{desc} +{len(members) - 1} in lockstep"
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,
@@ -278,7 +264,7 @@ def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, de
         seconds = time.perf_counter() - clock
         shared = shared_rng_states(loader, rng)
         for m in group.live:
-            m.guarded(m.end_epoch, epoch, n, seconds, eval_loaders[m.recipe["eval_batch_size"]], shared,
+            m.guarded(m.end_epoch, epoch, n, seconds, eval_loaders[m.recipe.eval_batch_size], shared,
                       checkpoint_every)
         live = group.live
         if not live:
@@ -286,13 +272,3 @@ def _train_cohort(members: list[Member], data, engine: DeviceEngine, teacher, de
         top1 = max(m.progress.scores["top1"] for m in live)
         bar.set_postfix(epoch=epoch, top1=f"{top1:.3f}" if len(live) == 1 else f"≤{top1:.3f}")
     bar.close()
-
-
-def import_teacher(config: dict, checkpoint: str, data, device: torch.device, rundir: RunDir) -> tuple[dict, nn.Module]:
-    """A teacher given as a RepDistiller/mdistiller checkpoint: loaded strictly, evaluated, cached like a trained one."""
-    model = build_model(config, data)
-    load_teacher_checkpoint(model, checkpoint)
-    scores = compute_metrics(*predict(model.to(device), data.eval_loader(500, device)))
-    rundir.save_checkpoint({"model": model.state_dict()})
-    return {**{f"{k}_last": v for k, v in scores.items()}, "top1_best": scores["top1"], "best_epoch": None,
-            "train_seconds": 0.0, "eval_split": getattr(data, "eval_split", "test")}, model

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from mixkd.analysis import COLUMNS
-from mixkd.study import RunSpec, Study
+from mixkd.config import RunSpec
+from mixkd.study import Study
 from mixkd.tables import build_runs_table
 
 EPSILONS = (1 / 255, 2 / 255, 4 / 255)
@@ -27,12 +28,12 @@ def _unit(*key) -> float:
 def top1(spec) -> float:
     """The known final accuracy of a run: a base per model, plus effects of distillation, mixing, view and T,
     plus ±0.6 points of seed noise."""
-    c, d = spec.config, spec.config["distill"]
-    acc = 0.55 + 0.1 * _unit(c["model"]) + MIX_EFFECT.get(c["mix"]["name"], 0.0)
-    if c["role"] == "teacher":
+    run, d = spec.run, spec.run.distill
+    acc = 0.55 + 0.1 * _unit(run.model) + MIX_EFFECT.get(run.mix.name, 0.0)
+    if run.is_teacher:
         acc += 0.1
     if d:
-        acc += 0.02 + VIEW_EFFECT[d["mixed_view"]] + 0.002 * d["temperature"]
+        acc += 0.02 + VIEW_EFFECT[d.mixed_view] + 0.002 * d.temperature
     return acc + 0.012 * (_unit(spec.run_id) - 0.5)
 
 
@@ -111,8 +112,8 @@ def metrics_rows(study: Study, runs: pd.DataFrame, num_classes: int, tsne_points
 
 
 def _temperatures(spec) -> tuple[float, ...]:
-    d = spec.config["distill"]
-    return tuple(sorted({1.0, float(d["temperature"])})) if d else (1.0, 4.0)
+    t = spec.run.temperature
+    return tuple(sorted({1.0, t})) if t is not None else (1.0, 4.0)
 
 
 def epochs_rows(runs: pd.DataFrame, epochs: int = 3) -> pd.DataFrame:

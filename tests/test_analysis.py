@@ -2,6 +2,7 @@
 tidy rows every run writes. Statistics, figures and notebooks over these rows: tests/test_report.py."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from mixkd.analysis import ANALYSES, COLUMNS, analyse_run
 from mixkd.analysis.distillation import agreement, kl_divergence, pearson
 from mixkd.analysis.features import scatter_ratio
 from mixkd.analysis.robustness import fgsm, pgd
+from mixkd.config import NO_MIX, Component, Distill, Params, Recipe, RunConfig
 from mixkd.data import InMemoryDataset
 from mixkd.metrics import METRICS, reliability_bins, softmax_entropy
 
@@ -131,7 +133,8 @@ def test_robustness_rows_match_the_analytic_accuracy_of_a_linear_model_in_pixel_
     labels = (x.flatten(1) @ w.T).argmax(dim=1)
     labels[:8] = 1 - labels[:8]  # some wrong from the start
     data = InMemoryDataset("toy", images, labels, images, labels, num_classes=2, mean=(0.5,), std=(0.25,))
-    config = {"role": "teacher", "seed": 0, "recipe": None, "distill": None}
+    config = RunConfig("teacher", "toy", Params(), Component("toy"), None, NO_MIX, None, None,
+                       checkpoint_sha256="0" * 64)  # imported: the default evaluation batch
     model = linear_model(w)
     rows = pd.DataFrame(analyse_run(config, model, None, data, torch.device("cpu"),
                                     options={"robustness": {"samples": 50}, "tsne": {"samples": 20}}))
@@ -151,8 +154,9 @@ def test_rows_are_tidy_with_every_qualifier_and_teacher_rows_only_for_students()
     images, labels = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8), torch.arange(40) % K
     data = InMemoryDataset("toy", images, labels, images, labels, num_classes=K, mean=(0.5,), std=(0.25,))
     model = Staged(16, K)
-    config = {"role": "student", "seed": 1, "recipe": {"eval_batch_size": 16},
-              "distill": {"temperature": 2.0, "teacher": "t"}}
+    config = RunConfig("student", "toy", Params(), Component("toy"),
+                       Recipe(schedule=Component("constant"), eval_batch_size=16), NO_MIX,
+                       Distill("t", 2.0, "none", Component("kd")), 1)
     rows = pd.DataFrame(analyse_run(config, model, model, data, torch.device("cpu")))  # its own teacher
     assert list(rows.columns) == list(COLUMNS)
     assert set(rows.loc[rows["metric"] == "entropy_mean", "temperature"]) == {1.0, 2.0}  # T=1 and the run's T
@@ -162,7 +166,8 @@ def test_rows_are_tidy_with_every_qualifier_and_teacher_rows_only_for_students()
     assert rows.loc[rows["metric"] == "reliability_count", "value"].sum() == 40
     assert sorted(rows.loc[rows["metric"] == "class_entropy", "class"]) == list(range(K))
     assert not (rows["metric"] == "tsne").any()  # seed 1: t-SNE only for teachers and seed 0
-    teacher = pd.DataFrame(analyse_run({**config, "role": "teacher", "distill": None}, model, None, data, "cpu"))
+    as_teacher = replace(config, role="teacher", distill=None)
+    teacher = pd.DataFrame(analyse_run(as_teacher, model, None, data, "cpu"))
     assert set(teacher.loc[teacher["metric"] == "entropy_mean", "temperature"]) == {1.0, 4.0}
     assert not teacher["metric"].isin(["agreement", "kl_teacher_student"]).any()
     tsne = teacher[teacher["metric"] == "tsne"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixkd.config import VIEWS
 from mixkd.distill import Distiller, TeacherForward
 from mixkd.losses import KD, create_loss
 from mixkd.mixing import Mixer
@@ -46,7 +47,7 @@ def test_both_gives_teacher_and_student_the_identical_tensor():
     student, teacher = Recorder(s), Recorder(t)
     x, y = batch()
     mix = mixed(x, y)
-    Distiller(student, teacher, KD(4.0), "both", K).forward_train(x, y, mix, 1)
+    Distiller(student, teacher, KD(4.0), VIEWS["both"], K).forward_train(x, y, mix, 1)
     assert student.inputs[0] is teacher.inputs[0] is mix.x
 
 
@@ -57,7 +58,7 @@ def test_views_route_clean_and_mixed_batches(view, student_mixed, teacher_mixed)
     student, teacher = Recorder(s), Recorder(t)
     x, y = batch()
     mix = mixed(x, y)
-    Distiller(student, teacher, KD(4.0), view, K).forward_train(x, y, mix, 1)
+    Distiller(student, teacher, KD(4.0), VIEWS[view], K).forward_train(x, y, mix, 1)
     assert student.inputs[0] is (mix.x if student_mixed else x)
     assert teacher.inputs[0] is (mix.x if teacher_mixed else x)
 
@@ -75,7 +76,7 @@ def test_student_view_interpolates_teacher_probabilities_with_the_mix():
             seen["targets"] = inp.targets
             return super().__call__(inp)
 
-    Distiller(s, t, Spy(4.0), "student", K).forward_train(x, y, mix, 1)
+    Distiller(s, t, Spy(4.0), VIEWS["student"], K).forward_train(x, y, mix, 1)
     with torch.no_grad():
         p = F.softmax(t(x) / 4.0, dim=1)
     lam = mix.lam[:, None]
@@ -89,7 +90,7 @@ def test_teacher_stays_in_eval_mode_and_is_never_updated():
     s, t = nets()
     t.train()  # even a teacher handed over in train mode
     before = copy.deepcopy(t.state_dict())  # parameters and BatchNorm running statistics
-    d = Distiller(s, t, create_loss("kd", temperature=4.0), "both", K)
+    d = Distiller(s, t, create_loss("kd", temperature=4.0), VIEWS["both"], K)
     opt = torch.optim.SGD(d.parameters(), lr=0.5, momentum=0.9)
     x, y = batch(16)
     for step in range(3):
@@ -108,7 +109,7 @@ def test_teacher_stays_in_eval_mode_and_is_never_updated():
 def test_kd_loss_parts_are_weighted_and_named():
     s, t = nets()
     x, y = batch()
-    _, parts = Distiller(s, t, KD(4.0, ce_weight=0.1, kd_weight=0.9), "none", K).forward_train(
+    _, parts = Distiller(s, t, KD(4.0, ce_weight=0.1, kd_weight=0.9), VIEWS["none"], K).forward_train(
         x, y, Mixer("none")(x, y, np.random.default_rng(0)), 1)
     assert set(parts) == {"ce", "kd"}
     with torch.no_grad():
@@ -122,7 +123,7 @@ def test_kd_loss_parts_are_weighted_and_named():
 def test_teacher_is_in_eval_mode_from_the_start():
     s, t = nets()
     t.train()
-    Distiller(s, t, KD(4.0), "both", K)
+    Distiller(s, t, KD(4.0), VIEWS["both"], K)
     assert not t.training
 
 

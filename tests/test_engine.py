@@ -12,18 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mixkd.build import build_model
 from mixkd.compare import comparable_tables
+from mixkd.config import VIEWS
 from mixkd.data import create_dataset
-from mixkd.distill import VIEWS
 from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError, MixkdError
 from mixkd.losses import LOSSES
 from mixkd.metrics import compute_metrics, predict
-from mixkd.mixing import MIXERS, Mixer, mixup
+from mixkd.mixing import MIXERS, mixup
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import parse_study
-from mixkd.train import Lockstep, Member, build_model, mixing_rng, split_params, train_group
+from mixkd.train import Lockstep, Member, mixing_rng, train_group
 from tiny import run, tiny_study, write
 
 
@@ -67,9 +68,8 @@ def test_groups_share_teacher_mix_seed_and_batches_and_keep_teachers_first():
     assert sorted(r.run_id for g in groups for r in g) == sorted(r.run_id for r in runs)
     assert max(map(len, groups)) == 8 and groups[0][0].role == "teacher"
     for g in groups:
-        c = g[0].config
-        assert all((r.config["distill"] or {}).get("teacher") == (c["distill"] or {}).get("teacher")
-                   and r.config["mix"] == c["mix"] and r.config["seed"] == c["seed"] for r in g)
+        lead = g[0].run
+        assert all((r.run.teacher, r.run.mix, r.run.seed) == (lead.teacher, lead.mix, lead.seed) for r in g)
     assert [len(g) for g in lockstep_groups(runs, 1)] == [1] * len(runs)
 
 
@@ -114,23 +114,22 @@ def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
     study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}}, "recipe": {**STUDY["recipe"], "schedule": "constant"},
              "grid": {**STUDY["grid"], "mixed_view": ["student", "both"]}}
     runs = specs(study)
-    teacher_cfg, students = runs[0].config, [r.config for r in runs[1:]]
+    teacher_run, students = runs[0].run, [r.run for r in runs[1:]]
     data = create_dataset("synthetic", train_size=96, test_size=32)
     engine = Engine(precision="fp32", channels_last=False, optimizer="loop").resolve(CPU)
     torch.manual_seed(5)
-    teacher = build_model(teacher_cfg, data).eval()
+    teacher = build_model(teacher_run, data).eval()
     members = [Member(c, data, engine, teacher) for c in students]
-    group = Lockstep(members, Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
+    group = Lockstep.of(members, data, engine, teacher)  # mixup (α = 1), batches of 32, seed 0
 
     plain = []
     for c in students:
-        torch.manual_seed(c["seed"])
+        torch.manual_seed(c.seed)
         model = build_model(c, data)
-        r = c["recipe"]
-        plain.append((model, torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"],
-                                             weight_decay=r["weight_decay"])))
+        plain.append((model, torch.optim.SGD(model.parameters(), lr=c.recipe.lr, momentum=c.recipe.momentum,
+                                             weight_decay=c.recipe.weight_decay)))
     rng = mixing_rng(0)
-    loader = data.train_loader(32, CPU, seed=0)
+    loader = group.loader
     for m in members:
         m.distiller.train()
     for epoch in (1, 2):
@@ -140,8 +139,8 @@ def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
             mix = mixup(x, y, rng)
             for i, ((model, opt), m, c) in enumerate(zip(plain, members, students)):
                 model.train()
-                d = c["distill"]
-                loss = plain_kd_step(model, opt, teacher, x, y, mix, d["temperature"], d["mixed_view"],
+                d = c.distill
+                loss = plain_kd_step(model, opt, teacher, x, y, mix, d.temperature, d.mixed_view,
                                      data.num_classes)
                 loss_sums[i] += loss.detach() * len(y)
                 for p_engine, p_plain in zip(m.model.parameters(), model.parameters()):
@@ -160,17 +159,17 @@ def test_runs_resumed_at_different_epochs_catch_up_in_cohorts(tmp_path, monkeypa
     data = create_dataset("synthetic", train_size=96, test_size=32)
     engine = Engine().resolve(CPU)
     torch.manual_seed(0)
-    teacher = build_model(teacher_cfg.config, data).eval()
+    teacher = build_model(teacher_cfg.run, data).eval()
 
     def rundirs(root, runs):
         dirs = [RunDir(root, r.run_id) for r in runs]
         for d, r in zip(dirs, runs):
-            d.start(r.config, r.labels, r.run_id)
+            d.start(r)
         return dirs
 
     def trained(root, runs):
         return [m.result(data, 1)["top1_last"] for m in train_group(
-            [r.config for r in runs], rundirs(root, runs), data, engine, teacher)], \
+            [r.run for r in runs], rundirs(root, runs), data, engine, teacher)], \
             [RunDir(root, r.run_id).read_epochs() for r in runs]
 
     alone = [trained(tmp_path / "alone", [r]) for r in students]
@@ -183,7 +182,7 @@ def test_runs_resumed_at_different_epochs_catch_up_in_cohorts(tmp_path, monkeypa
 
     monkeypatch.setattr(Member, "end_epoch", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_group([students[0].config], rundirs(tmp_path / "both", students[:1]), data, engine, teacher)
+        train_group([students[0].run], rundirs(tmp_path / "both", students[:1]), data, engine, teacher)
     monkeypatch.setattr(Member, "end_epoch", real_end)
     scores, epochs = trained(tmp_path / "both", students)  # one at epoch 1, one at 0
     assert scores == [s[0] for s, _ in alone]
@@ -199,9 +198,9 @@ def checkpointed_member(tmp_path, engine):
     teacher_spec, spec = specs(study)
     data = create_dataset("synthetic", train_size=64, test_size=32)
     rundir = RunDir(tmp_path, spec.run_id)
-    rundir.start(spec.config, spec.labels, spec.run_id)
-    teacher = build_model(teacher_spec.config, data).eval()
-    [member] = train_group([spec.config], [rundir], data, engine, teacher)
+    rundir.start(spec)
+    teacher = build_model(teacher_spec.run, data).eval()
+    [member] = train_group([spec.run], [rundir], data, engine, teacher)
     assert member.error is None
     return spec, data, teacher, rundir
 
@@ -212,7 +211,7 @@ def test_a_resumed_run_steps_with_the_engines_optimizer_kernel_and_layout(tmp_pa
     spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine(optimizer="loop").resolve(CPU))
     saved = rundir.load_checkpoint()["optimizer"]["state"]
     engine = Engine(optimizer="foreach", channels_last=True).resolve(CPU)
-    member = Member(spec.config, data, engine, teacher, rundir)
+    member = Member(spec.run, data, engine, teacher, rundir)
     member.resume()
     assert all(g["foreach"] is True and g["fused"] is None for g in member.optimizer.param_groups)
     params = list(member.model.parameters())
@@ -227,7 +226,7 @@ def test_a_resumed_run_steps_with_the_engines_optimizer_kernel_and_layout(tmp_pa
 def test_a_run_checkpointed_on_another_device_fails_saying_how_to_resume(tmp_path):
     spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine().resolve(CPU))
     rundir.save_checkpoint({**rundir.load_checkpoint(), "device": "cuda"})
-    member = Member(spec.config, data, Engine().resolve(CPU), teacher, rundir)
+    member = Member(spec.run, data, Engine().resolve(CPU), teacher, rundir)
     member.guarded(member.resume)
     assert isinstance(member.error, MixkdError)
     assert "written on cuda" in str(member.error) and "--device cuda" in str(member.error)
@@ -236,7 +235,7 @@ def test_a_run_checkpointed_on_another_device_fails_saying_how_to_resume(tmp_pat
 def test_epochs_are_evaluated_in_fp32_whatever_the_training_precision(tmp_path):
     """bf16 trains; the logged test metrics are the fp32 model's, as the analyses compute them."""
     spec, data, teacher, rundir = checkpointed_member(tmp_path, Engine(precision="bf16").resolve(CPU))
-    model = rundir.load_model(build_model(spec.config, data))
+    model = rundir.load_model(build_model(spec.run, data))
     scores = compute_metrics(*predict(model, data.eval_loader(64, CPU)))
     assert rundir.read_epochs()[-1]["test_loss"] == scores["nll"]
 
@@ -277,14 +276,13 @@ def test_compiled_models_train_to_the_eager_numbers():
     for mode in (False, "default"):
         engine = Engine(compile=mode).resolve(CPU)
         torch.manual_seed(0)
-        teacher = engine.compiled(build_model(runs[0].config, data).eval())
-        member = Member(runs[1].config, data, engine, teacher)
+        teacher = engine.compiled(build_model(runs[0].run, data).eval())
+        member = Member(runs[1].run, data, engine, teacher)
         member.distiller.train()
-        group = Lockstep([member], Mixer("mixup", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
-        loader = data.train_loader(32, CPU, seed=0)
+        group = Lockstep.of([member], data, engine, teacher)
         for epoch in (1, 2):
-            for x, y in loader:
-                group.step(x, y, epoch, len(loader))
+            for x, y in group.loader:
+                group.step(x, y, epoch, len(group.loader))
         assert member.error is None
         params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
     for eager, compiled in zip(params[False], params["default"]):
@@ -315,7 +313,7 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
     """On CUDA: bf16 + channels_last + fused SGD never make the host wait inside a step (mixing draws
     included), and land near the fp32 loop's losses."""
     study = {**STUDY, "students": {"s": {"model": "cnn_tiny"}},
-             "grid": {**STUDY["grid"], "mixed_view": ["student", "both"]}}
+             "grid": {**STUDY["grid"], "mix": ["cutmix"], "mixed_view": ["student", "both"]}}
     runs = specs(study)
     data = create_dataset("synthetic", train_size=96, test_size=32)
     cuda = torch.device("cuda")
@@ -324,12 +322,12 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
     for name, engine in engines.items():
         engine = engine.resolve(cuda)
         torch.manual_seed(0)
-        teacher = engine.prepare(build_model(runs[0].config, data).eval())
-        members = [Member(r.config, data, engine, teacher) for r in runs[1:]]
+        teacher = engine.prepare(build_model(runs[0].run, data).eval())
+        members = [Member(r.run, data, engine, teacher) for r in runs[1:]]
         for m in members:
             m.distiller.train()
-        group = Lockstep(members, Mixer("cutmix", {"alpha": 1.0}), mixing_rng(0), teacher, engine)
-        batches = list(data.train_loader(32, cuda, seed=0))
+        group = Lockstep.of(members, data, engine, teacher)  # cutmix (α = 1), batches of 32, seed 0
+        batches = list(group.loader)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -376,13 +374,12 @@ def test_a_training_step_reads_nothing_back_from_the_device(mix, loss):
     runs = specs(study)
     data = create_dataset("synthetic", train_size=64, test_size=32, img_size=32 if mix == "transmix" else 8)
     engine = Engine().resolve(CPU)
-    teacher = build_model(runs[0].config, data).eval()
-    members = [Member(r.config, data, engine, teacher) for r in runs[1:]]
+    teacher = build_model(runs[0].run, data).eval()
+    members = [Member(r.run, data, engine, teacher) for r in runs[1:]]
     for m in members:
         m.distiller.train()
-    name, params = split_params(runs[1].config["mix"])
-    group = Lockstep(members, Mixer(name, params, prob=params.pop("prob")), mixing_rng(0), teacher, engine)
-    batches = iter(data.train_loader(32, CPU, seed=0))
+    group = Lockstep.of(members, data, engine, teacher)
+    batches = iter(group.loader)
     with HostReads() as reads:
         x, y = next(batches)
         group.step(x, y, 1, 2)

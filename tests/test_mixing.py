@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from mixkd.errors import ConfigError
-from mixkd.mixing import MIXERS, Mixer, MixResult, fmu, manifold_mixup, mixer_params, mixup, pmu, resizemix
+from mixkd.mixing import MIXERS, Mixer, MixResult, fmu, manifold_mixup, mixup, pmu, resizemix
 from mixkd.models import create_model
 
 NAMES = ["none", "mixup", "cutmix", "fmu", "pmu", "manifold_mixup", "resizemix"]
@@ -268,7 +267,7 @@ def test_no_mixing_is_identity(name, params):
     assert torch.equal(res.soft_targets(5), F.one_hot(y, 5).float())
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "alpha" in mixer_params(n)])
+@pytest.mark.parametrize("name", [n for n in NAMES if "alpha" in MIXERS.params(n)])
 @pytest.mark.parametrize("alpha", [0.0, -1.0])
 def test_a_beta_mixer_refuses_alpha_that_would_not_mix(name, alpha):
     """It would train unmixed under its own label: no mixing is `mix: none`."""
@@ -298,9 +297,10 @@ def test_same_seed_same_result_and_input_untouched(name, params):
     assert ((a.lam >= 0) & (a.lam <= 1)).all()
 
 
-def test_params_are_checked_and_listed():
-    with pytest.raises(ConfigError, match="mixed_fraction"):
-        Mixer("pmu", {"fraction": 0.5})
-    assert mixer_params("pmu") == {"alpha": 1.0, "mixed_fraction": 0.1, "reference_sampling": False}
-    assert mixer_params("resizemix")["scale"] == (0.1, 0.8)
-    assert mixer_params("manifold_mixup")["stages"] == (0, 1, 2)
+def test_params_are_the_registry_s_and_leading_inputs_are_declared():
+    defaults = {name: {k: p.default for k, p in MIXERS.params(name).items()} for name in MIXERS}
+    assert defaults["pmu"] == {"alpha": 1.0, "mixed_fraction": 0.1, "reference_sampling": False}
+    assert defaults["resizemix"]["scale"] == (0.1, 0.8) and defaults["manifold_mixup"]["stages"] == (0, 1, 2)
+    assert MIXERS.settings == {"prob": 1.0}
+    with pytest.raises(TypeError, match="must take x, y, rng: it lacks rng"):
+        MIXERS.register("wrong")(lambda x, y, generator: None)

@@ -17,12 +17,12 @@ import torch
 import yaml
 
 import mixkd
-from mixkd import runner as runner_module
+from mixkd import work as work_module
 from mixkd.cli import main
 from mixkd.errors import MixkdError
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
-from mixkd.study import load_study
+from mixkd.study import load_study, parse_study
 from tiny import RECIPE, run, tiny_study, write
 
 TINY = tiny_study("tiny", recipe={**RECIPE, "epochs": 1}, grid={"mix": ["mixup"], "seeds": [0]})
@@ -122,8 +122,9 @@ def test_ctrl_c_with_workers_fails_no_run_prints_no_traceback_and_the_study_resu
 
 
 def test_an_epoch_line_cut_short_by_a_kill_is_dropped_and_logged_again(tmp_path):
-    rundir = RunDir(tmp_path, "run")
-    rundir.start({"model": "cnn_tiny"}, {}, "run")
+    spec = parse_study(TINY).runs[0]
+    rundir = RunDir(tmp_path, spec.run_id)
+    rundir.start(spec)
     rundir.log_epoch({"epoch": 1, "train_loss": 0.5})
     with open(rundir.path / "epochs.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')  # the append a kill or a full disk interrupted
@@ -251,14 +252,14 @@ def test_two_runners_on_one_study_train_every_run_exactly_once(tmp_path):
     skipped = [line for log in logs for line in log.splitlines() if ": skipped: " in line]
     says = r"^\[\d+/\d+\] \w{12} .*: skipped: (another runner is training it|already complete, by another runner)$"
     assert all(re.match(says, line) for line in skipped), skipped
-    assert all(len(RunDir(out, r.run_id).read_epochs()) == r.config["recipe"]["epochs"] for r in study.runs)
+    assert all(len(RunDir(out, r.run_id).read_epochs()) == r.run.epochs for r in study.runs)
 
 
 def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     teacher = load_study(path).runs[0]
     dead_runner = RunDir(out, teacher.run_id)
-    dead_runner.start(teacher.config, teacher.labels, teacher.run_id)  # began training the teacher ...
+    dead_runner.start(teacher)  # began training the teacher ...
     lock = dead_runner.claim()
     assert lock.__enter__()
     real_wait = RunDir.wait_until_released
@@ -277,19 +278,19 @@ def test_a_teacher_whose_runner_died_is_taken_over_and_its_students_train(tmp_pa
 def test_the_students_of_a_failed_teacher_stay_pending_and_train_once_it_is_retried(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     study = load_study(path)
-    real = runner_module.train_group
+    real = work_module.train_group
 
-    def teacher_fails(configs, *args, **kwargs):
-        if configs[0]["role"] == "teacher":
+    def teacher_fails(runs, *args, **kwargs):
+        if runs[0].is_teacher:
             raise RuntimeError("CUDA error: unspecified launch failure")
-        return real(configs, *args, **kwargs)
+        return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", teacher_fails)
+    monkeypatch.setattr(work_module, "train_group", teacher_fails)
     assert run(path, out) == 1
     assert re.search(r"skipped: teacher run \w{12} is failed: its students stay pending", capsys.readouterr().out)
     statuses = {r.role: RunDir(out, r.run_id).status() for r in study.runs}
     assert statuses == {"teacher": "failed", "scratch": "complete", "student": "pending"}
-    monkeypatch.setattr(runner_module, "train_group", real)
+    monkeypatch.setattr(work_module, "train_group", real)
     assert run(path, out, "--retry-failed") == 0
     assert all(s["status"] == "complete" for s in summaries(out, study).values())
 
@@ -329,16 +330,16 @@ def test_an_unreadable_checkpoint_is_said_and_its_run_trained_again_from_the_sta
 def test_retry_failed_reruns_only_the_failed_runs(tmp_path, monkeypatch, capsys):
     path, out = write(tmp_path, TINY), tmp_path / "out"
     study = load_study(path)
-    real = runner_module.train_group
+    real = work_module.train_group
 
-    def flaky(configs, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
-        if configs[0]["role"] == "student":
+    def flaky(runs, *args, **kwargs):  # e.g. a GPU that fell off the bus: a failure no config change fixes
+        if runs[0].role == "student":
             raise RuntimeError("CUDA error: unspecified launch failure")
-        return real(configs, *args, **kwargs)
+        return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", flaky)
+    monkeypatch.setattr(work_module, "train_group", flaky)
     assert run(path, out) == 1
-    monkeypatch.setattr(runner_module, "train_group", real)
+    monkeypatch.setattr(work_module, "train_group", real)
     assert main(["ls", str(path), "--out", str(out)]) == 0
     assert re.search(r"student .* failed", capsys.readouterr().out)
     before = summaries(out, study)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from mixkd import runner as runner_module
+from mixkd import work as work_module
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.tables import RUN_COLUMNS
@@ -52,7 +52,7 @@ def test_run_directories_hold_config_epochs_summary_and_checkpoint(finished):
     spec = load_study(path).runs[-1]
     d = RunDir(out, spec.run_id).path
     saved = yaml.safe_load((d / "config.yaml").read_text())
-    assert saved["config"] == spec.config and saved["run_id"] == spec.run_id
+    assert (saved["config"], saved["labels"], saved["run_id"]) == (spec.config, spec.labels, spec.run_id)
     assert len((d / "epochs.jsonl").read_text().splitlines()) == 2
     summary = json.loads((d / "summary.json").read_text())
     for key in ["status", "top1_last", "train_seconds", "torch_version", "hostname", "started_at"]:
@@ -64,27 +64,28 @@ def test_second_run_trains_nothing_and_leaves_tables_byte_identical(finished, mo
     path, out = finished
     files = ["runs.csv", "runs.parquet", "epochs.parquet", "figures/accuracy_by_mix.png"]
     before = {f: (out / f).read_bytes() for f in files}
-    monkeypatch.setattr(runner_module, "train_group", lambda *a, **k: pytest.fail("a complete run was trained again"))
+    monkeypatch.setattr(work_module, "train_group",
+                        lambda *a, **k: pytest.fail("a complete run was trained again"))
     assert run(path, out) == 0
     assert {f: (out / f).read_bytes() for f in files} == before
 
 
 def test_each_teacher_is_trained_once_before_its_students(tmp_path, monkeypatch):
     calls = []
-    real = runner_module.train_group
+    real = work_module.train_group
 
-    def spy(configs, *args, **kwargs):
-        calls.extend(configs)
-        return real(configs, *args, **kwargs)
+    def spy(runs, *args, **kwargs):
+        calls.extend(runs)
+        return real(runs, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "train_group", spy)
+    monkeypatch.setattr(work_module, "train_group", spy)
     study = {**TINY, "students": ["cnn_tiny", "cnn_small"], "teachers": {"t": {"model": "cnn_small"}},
              "grid": {**TINY["grid"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 1}}
     assert run(write(tmp_path, study), tmp_path / "out") == 0
-    roles = [c["role"] for c in calls]
+    roles = [c.role for c in calls]
     assert roles.count("teacher") == 1 and roles[0] == "teacher"
-    teacher_ids = {c["distill"]["teacher"] for c in calls if c["distill"]}
-    assert len(teacher_ids) == 1 and sum(c["role"] == "student" for c in calls) == 2 * 3
+    teacher_ids = {c.teacher for c in calls if c.distill}
+    assert len(teacher_ids) == 1 and roles.count("student") == 2 * 3
 
 
 def test_same_seed_gives_identical_numbers_on_cpu(finished, tmp_path):

@@ -16,10 +16,11 @@ import torch
 import yaml
 
 from mixkd import cli, data, losses, metrics, mixing, schedules
+from mixkd.config import run_id
 from mixkd.errors import ConfigError, MixkdError, StudyWarning
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
-from mixkd.study import load_study, parse_study, run_id
+from mixkd.study import load_study, parse_study
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"
@@ -400,9 +401,9 @@ def test_labels_are_not_hashed():
 
 def test_train_size_is_part_of_the_id_and_absent_changes_no_id():
     plain, absent = (parse_study(study(dataset=d)) for d in ("cifar100", {"name": "cifar100", "train_size": None}))
-    assert ids(plain) == ids(absent) and "train_size" not in plain.dataset
+    assert ids(plain) == ids(absent) and "train_size" not in plain.dataset.params
     subset = parse_study(study(dataset={"name": "cifar100", "train_size": "1e3"}))
-    assert subset.dataset["train_size"] == 1000 and not set(ids(subset)) & set(ids(plain))
+    assert subset.dataset.params["train_size"] == 1000 and not set(ids(subset)) & set(ids(plain))
 
 
 def test_download_flag_does_not_change_ids():
@@ -799,7 +800,7 @@ def test_shipped_study_expands_to_the_formula(shipped, name):
     s = shipped[name]
     assert len(s.runs) == formula == literal
     assert len(set(ids(s))) == len(s.runs)
-    assert s.dataset["name"] == "cifar100"
+    assert s.dataset.name == "cifar100"
     assert (STUDIES / f"{name}.yaml").read_text().startswith("# ")  # a header saying what it reproduces
 
 

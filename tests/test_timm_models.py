@@ -47,16 +47,37 @@ def test_cnn_logits_equal_timm(x):
     assert net.train().timm_model.training  # timm's head reads the top-level flag for its F.dropout
 
 
-def test_state_dict_is_timms_and_stays_shared(x):
-    net = tiny_vit()
-    assert list(net.state_dict()) == list(net.timm_model.state_dict())
-    fresh = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, **TINY_VIT).eval()
-    net.load_state_dict(fresh.state_dict(), assign=True)  # assign replaces Parameters: the timm view sees them too
-    twin = copy.deepcopy(net)  # deepcopy keeps the two views on one set of containers
-    assert twin.timm_model._parameters is twin._parameters
+@pytest.mark.parametrize("name, kw", [("vit_tiny_patch16_224", TINY_VIT), ("resnet18", {})],
+                         ids=["vit", "cnn"])
+def test_timm_state_dicts_load_both_ways_with_equal_logits(x, name, kw):
+    """The timm model is a registered child; state-dict hooks keep timm's checkpoint layout, BatchNorm's
+    running statistics and module versions included."""
+    torch.manual_seed(1)
+    plain = timm.create_model(name, num_classes=10, **({"img_size": 32} if kw else {}), **kw)
+    with torch.no_grad():  # running statistics that are not a fresh BatchNorm's, so that loading them shows
+        plain.train()(torch.randn(4, 3, 32, 32))
+    plain.eval()
+    net = create_model(f"timm/{name}", num_classes=10, img_size=32, **kw).eval()
+    assert list(net.state_dict()) == list(plain.state_dict())  # timm's keys, in timm's order
+    assert set(net.state_dict()._metadata) == set(plain.state_dict()._metadata)
+    net.load_state_dict(plain.state_dict())  # timm → mixkd, strictly
     with torch.no_grad():
-        assert torch.equal(net(x), fresh(x)) and torch.equal(twin(x), fresh(x))
-    fresh.load_state_dict(net.state_dict())  # and ours load into plain timm, strictly
+        assert torch.equal(net(x), plain(x))
+    torch.manual_seed(2)
+    back = timm.create_model(name, num_classes=10, **({"img_size": 32} if kw else {}), **kw).eval()
+    back.load_state_dict(net.state_dict())  # mixkd → timm, strictly
+    with torch.no_grad():
+        assert torch.equal(back(x), plain(x))
+    twin = copy.deepcopy(net)
+    twin.load_state_dict(net.state_dict(), assign=True)
+    with torch.no_grad():
+        assert torch.equal(twin(x), plain(x))
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "extra"'):
+        net.load_state_dict({**plain.state_dict(), "extra": torch.zeros(1)})
+    missing = dict(plain.state_dict())
+    missing.pop("head.weight" if kw else "fc.weight")
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "(head|fc)\.weight"'):
+        net.load_state_dict(missing)
 
 
 def test_unknown_name_suggests_close_matches():

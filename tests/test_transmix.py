@@ -7,8 +7,8 @@ import torch
 
 from mixkd.errors import MixkdError
 from mixkd.mixing import MIXERS, MixResult, Mixer, cutmix
+from mixkd.mixing.transmix import ClassAttention, TransMixResult
 from mixkd.models import create_model
-from mixkd.transmix import ClassAttention, TransMixResult
 
 TINY_VIT = dict(patch_size=4, depth=2, embed_dim=32, num_heads=2, img_size=32, num_classes=10)
 
@@ -49,7 +49,7 @@ def test_class_attention_through_timmnet():
         with ClassAttention(net.timm_model) as raw:
             net.timm_model(x)
     assert torch.equal(cap.attention, raw.attention)
-    assert not net.blocks[-1].attn._forward_hooks  # the hook is gone after the block
+    assert not net.timm_model.blocks[-1].attn._forward_hooks  # the hook is gone after the block
 
 
 def test_uniform_attention_gives_area_ratio():

@@ -14,15 +14,17 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .base import ANALYSES, COLUMNS, QUALIFIERS, RunOutputs, eval_batch_size, row, tidy
+from ..config import RunConfig
+from .base import ANALYSES, COLUMNS, QUALIFIERS, RunOutputs, row, tidy
 
 
 @torch.no_grad()
-def collect(config: dict, model: nn.Module, teacher: nn.Module | None, data, device: torch.device) -> RunOutputs:
+def collect(config: RunConfig, model: nn.Module, teacher: nn.Module | None, data,
+            device: torch.device) -> RunOutputs:
     """One pass over the evaluation set: the model's logits and penultimate features, the teacher's logits."""
     model.eval()
     parts: dict[str, list] = {"logits": [], "features": [], "labels": [], "teacher": []}
-    for x, y in data.eval_loader(eval_batch_size(config), device):
+    for x, y in data.eval_loader(config.eval_batch_size, device):
         logits, feats = model(x, return_features=True)
         parts["logits"].append(logits.float().cpu())
         parts["features"].append(feats.pooled.float().cpu())
@@ -47,7 +49,7 @@ def single_threaded(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def analyse_run(config: dict, model: nn.Module, teacher: nn.Module | None, data, device: torch.device,
+def analyse_run(config: RunConfig, model: nn.Module, teacher: nn.Module | None, data, device: torch.device,
                 options: dict[str, dict] | None = None) -> list[dict]:
     """Every registered analysis of one run; `options` maps an analysis name to its keyword arguments."""
     options = options or {}

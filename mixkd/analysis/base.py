@@ -9,10 +9,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..config import RunConfig
 from ..registry import Registry
 
 # An analysis: (RunOutputs, **options) → rows; each row a dict with "metric", "value" and any qualifiers.
-ANALYSES: Registry[Callable[..., list[dict]]] = Registry("analysis")
+ANALYSES: Registry[Callable[..., list[dict]]] = Registry("analysis", inputs=("run",))
 
 # Every row has every qualifier (NaN where it does not apply), so all runs' rows concatenate into one table.
 QUALIFIERS = ("temperature", "bin", "class", "epsilon", "attack", "x", "y")
@@ -24,7 +25,7 @@ REFERENCE_TEMPERATURES = (1.0, 4.0)  # teachers and scratch runs: the temperatur
 class RunOutputs:
     """One finished run's evaluation-set outputs, computed once and shared by every analysis."""
 
-    config: dict
+    config: RunConfig
     model: nn.Module
     data: Any
     device: torch.device
@@ -38,14 +39,9 @@ class RunOutputs:
         return self.logits.shape[1]
 
     @property
-    def distill_temperature(self) -> float | None:
-        distill = self.config["distill"]
-        return float(distill["temperature"]) if distill else None
-
-    @property
     def temperatures(self) -> tuple[float, ...]:
         """T=1 and the run's own KD temperature; runs without one use the students' reference temperatures."""
-        own = self.distill_temperature
+        own = self.config.temperature
         return tuple(sorted({1.0, own})) if own is not None else REFERENCE_TEMPERATURES
 
 
@@ -57,11 +53,6 @@ def writes(**metrics: str):
         return analysis
 
     return mark
-
-
-def eval_batch_size(config: dict) -> int:
-    """The run's evaluation batch size; imported checkpoint teachers have no recipe and use 500, as when imported."""
-    return config["recipe"]["eval_batch_size"] if config["recipe"] else 500
 
 
 def row(metric: str, value: float, **qualifiers) -> dict:

@@ -38,6 +38,6 @@ def teacher_student(run: RunOutputs) -> list[dict]:
     """Top-1 agreement, KL(teacher ‖ student) at the run's T, logit correlation (all entries; per sample, mean)."""
     if run.teacher_logits is None:
         return []
-    t, s, temp = run.teacher_logits, run.logits, run.distill_temperature
+    t, s, temp = run.teacher_logits, run.logits, run.config.temperature
     return [row("agreement", agreement(t, s)), row("kl_teacher_student", kl_divergence(t, s, temp), temperature=temp),
             row("logit_corr", pearson(t, s)), row("logit_corr_sample", pearson(t, s, dim=1).mean())]

@@ -36,7 +36,7 @@ def tsne(run: RunOutputs, samples: int = 200, seeds: tuple = (0,), max_iter: int
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    if run.config["role"] != "teacher" and run.config["seed"] not in seeds:
+    if not run.config.is_teacher and run.config.seed not in seeds:
         return []
     n = min(samples, len(run.labels))
     features = run.features[:n].double().numpy()

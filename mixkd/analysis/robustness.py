@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ANALYSES, RunOutputs, eval_batch_size, row, writes
+from .base import ANALYSES, RunOutputs, row, writes
 
 EPSILONS = (1 / 255, 2 / 255, 4 / 255)
 
@@ -66,7 +66,7 @@ def robustness(run: RunOutputs, samples: int = 500, epsilons: tuple = EPSILONS) 
     rows = [row("robust_top1", clean, attack=name, epsilon=0.0) for name in ATTACKS]
     xs, ys = x.repeat(len(epsilons), 1, 1, 1), y.repeat(len(epsilons))
     eps = torch.tensor(epsilons, device=x.device).repeat_interleave(n).view(-1, 1, 1, 1) / std
-    b = eval_batch_size(run.config)
+    b = run.config.eval_batch_size
     for name, attack in ATTACKS.items():
         correct = torch.cat([_correct(model, attack, xs[i:i + b], ys[i:i + b], eps[i:i + b], lo, hi)
                              for i in range(0, len(ys), b)])

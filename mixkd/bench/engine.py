@@ -25,12 +25,13 @@ from typing import TextIO
 import torch
 
 from .. import provenance
+from ..build import frozen_teacher
+from ..config import RunConfig
 from ..data import create_dataset
 from ..engine import Engine, synchronize
-from ..mixing import Mixer
 from ..models import create_model
 from ..study import parse_study
-from ..train import Lockstep, Member, mixing_rng
+from ..train import Lockstep, Member
 from .limits import lower_bound_seconds, matmul_peak, training_flops
 from .reference import reference_throughput
 
@@ -38,22 +39,23 @@ PAIRS = (("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "res
 EPOCHS, TRAIN_IMAGES = 240, 50_000
 
 
-def _student_configs(teacher: str, student: str, n: int) -> list[dict]:
+def _student_runs(teacher: str, student: str, n: int) -> list[RunConfig]:
     """n runs of the paper recipe that differ only in temperature: what lockstep trains together."""
     study = parse_study({"name": "bench", "dataset": "cifar100", "teachers": {"t": {"model": teacher}},
                          "students": [student], "baselines": False,
                          "grid": {"temperature": [4.0 + i for i in range(n)], "mixed_view": ["none"]}})
-    return [r.config for r in study.runs if r.role == "student"]
+    return [r.run for r in study.runs if r.role == "student"]
 
 
-def engine_throughput(teacher: torch.nn.Module, configs: list[dict], data, engine, steps: int, warmup: int) -> dict:
-    """Images/s of `len(configs)` students stepped in lockstep behind one teacher forward per batch."""
+def engine_throughput(teacher: torch.nn.Module, runs: list[RunConfig], data, engine, steps: int,
+                      warmup: int) -> dict:
+    """Images/s of `len(runs)` students stepped in lockstep behind one teacher forward per batch."""
     device = engine.device
-    members = [Member(c, data, engine, teacher) for c in configs]
+    members = [Member(r, data, engine, teacher) for r in runs]
     for m in members:
         m.distiller.train()
-    group = Lockstep(members, Mixer("none"), mixing_rng(0), teacher, engine)
-    loader = data.train_loader(configs[0]["recipe"]["batch_size"], device, seed=0)
+    group = Lockstep.of(members, data, engine, teacher)
+    loader = group.loader
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
     start = time.perf_counter()
@@ -102,9 +104,8 @@ def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, locks
                                    workers=workers)
         rows.append(row("reference", 1, ref, ref["images_per_s"]))
         for n in (1, *lockstep):
-            engine_teacher = device_engine.compiled(device_engine.prepare(copy.deepcopy(teacher)))
-            measured = engine_throughput(engine_teacher, _student_configs(t_name, s_name, n), data, device_engine,
-                                         steps, warmup)
+            measured = engine_throughput(frozen_teacher(copy.deepcopy(teacher), device_engine),
+                                         _student_runs(t_name, s_name, n), data, device_engine, steps, warmup)
             rows.append(row("engine" if n == 1 else f"engine lockstep {n}", n, measured, ref["images_per_s"]))
     return rows
 

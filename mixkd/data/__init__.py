@@ -13,11 +13,11 @@ from typing import Callable, Iterable, Protocol
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..registry import Registry
 from .loader import DeviceLoader
 
-DATASETS: Registry = Registry("dataset")
+# A dataset factory: (root, **params) → Dataset.
+DATASETS: Registry = Registry("dataset", inputs=("root",))
 # Dataset parameters that change how data is obtained, not what it is: kept out of run ids.
 RUNTIME_PARAMS = frozenset({"download", "num_workers"})
 # The smallest value of each parameter datasets share by name, checked when a study is read
@@ -84,27 +84,6 @@ def input_shape(num_classes: int, in_chans: int, img_size: int,
         return factory
 
     return mark
-
-
-def training_images(spec: dict, path: str) -> int | None:
-    """How many images a resolved dataset spec trains on, once its sizes are checked against what the data
-    holds (`val_size` held out of the training split, `train_size` drawn from the rest); None where its
-    factory does not say how many it holds."""
-    for key, low in MINIMUMS.items():
-        if spec.get(key) is not None and spec[key] < low:
-            raise ConfigError(f"{path}.{key}", f"must be ≥ {low}, got {spec[key]!r}")
-    held = getattr(DATASETS.get(spec["name"]), "train_images", None)
-    if held is None:
-        return None
-    total, val, size = held(spec) if callable(held) else held, spec.get("val_size", 0), spec.get("train_size")
-    if val >= total:
-        raise ConfigError(f"{path}.val_size", f"must be less than the {total} training images of {spec['name']}, "
-                                              f"got {val}")
-    if size is not None and size > total - val:
-        left = f" left after val_size {val}" if val else ""
-        raise ConfigError(f"{path}.train_size", f"must be at most the {total - val} training images{left}, "
-                                                f"got {size}")
-    return total - val if size is None else size
 
 
 def declared_shape(spec: dict) -> tuple[int, int, int]:

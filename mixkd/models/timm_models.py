@@ -1,10 +1,10 @@
 """timm models as StagedNets: `create_model("timm/<name>", ...)`.
 
-`TimmNet` is a second view onto the timm module rather than a container around it: it adopts the
-timm model's parameter, buffer and submodule dicts (the very same dict objects). Its state_dict keys
-are therefore timm's own, so timm checkpoints load strictly and ours load into plain timm, and
-`.to()`, `load_state_dict(assign=True)` or a submodule set through either object act on both.
-Registering the timm model as a child would instead prefix every key with the attribute's name.
+`TimmNet` holds the timm model as its one child, `timm_model`, and keeps timm's checkpoint layout with
+state-dict hooks, torch's public API for renaming keys: `state_dict()` leaves out the child's name (and so
+matches plain timm's), and `load_state_dict` takes timm's keys (ours too, prefixed or not). So timm
+checkpoints load strictly into a TimmNet and a TimmNet's into plain timm, and `.to()`, `train()`,
+`deepcopy` and `load_state_dict(assign=True)` are torch's own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import MixkdError
 from .base import StagedNet
 
-_SHARED = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
+CHILD = "timm_model."  # the child's prefix in torch's own keys, which timm's layout leaves out
 
 
 class _ForwardFeatures(nn.Module):
@@ -43,16 +43,13 @@ class TimmNet(StagedNet):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        for attr in _SHARED:
-            self.__dict__[attr] = model.__dict__[attr]
-        object.__setattr__(self, "timm_model", model)  # unregistered: registering would prefix every key
+        self.timm_model = model
         self.is_vit = isinstance(model, VisionTransformer)
         if not self.is_vit:
-            object.__setattr__(self, "_features", [_ForwardFeatures(model)])
-
-    def train(self, mode: bool = True):
-        self.timm_model.training = mode  # timm's top-level code reads its own flag (e.g. F.dropout in heads)
-        return super().train(mode)
+            object.__setattr__(self, "_features", [_ForwardFeatures(model)])  # a list: no module, no keys
+        self.register_state_dict_post_hook(_timm_keys)
+        self.register_load_state_dict_pre_hook(_our_keys)
+        self.register_load_state_dict_post_hook(_report_timm_keys)
 
     def stem(self, x: Tensor) -> Tensor:
         if not self.is_vit:
@@ -61,7 +58,7 @@ class TimmNet(StagedNet):
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
     def stages(self):
-        return self.blocks if self.is_vit else self._features
+        return self.timm_model.blocks if self.is_vit else self._features
 
     def pool(self, h: Tensor) -> Tensor:
         m = self.timm_model
@@ -69,6 +66,31 @@ class TimmNet(StagedNet):
 
     def head(self, features: Tensor) -> Tensor:
         return self.timm_model.get_classifier()(features)
+
+
+def _timm_keys(module: TimmNet, state: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: the child's keys and module versions without its name, as timm writes them."""
+    ours = prefix + CHILD
+    for key in [k for k in state if k.startswith(ours)]:
+        state[prefix + key[len(ours):]] = state.pop(key)
+    versions = getattr(state, "_metadata", {})  # module path → {"version": ...}; the child's is ours[:-1]
+    for key in [k for k in versions if k == ours[:-1] or k.startswith(ours)]:
+        versions[(prefix + key[len(ours):]) if key != ours[:-1] else prefix[:-1]] = versions.pop(key)
+
+
+def _our_keys(module: TimmNet, state: dict, prefix: str, local_metadata: dict, strict: bool, missing: list,
+              unexpected: list, errors: list) -> None:
+    """load_state_dict pre-hook: timm's keys under the child's name, where torch loads them from. (Module
+    versions stay where they are: a missing one only lets BatchNorm fill a missing `num_batches_tracked`.)"""
+    ours = prefix + CHILD
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(ours)]:
+        state[ours + key[len(prefix):]] = state.pop(key)
+
+
+def _report_timm_keys(module: TimmNet, incompatible) -> None:
+    """load_state_dict post-hook: missing and unexpected keys named as in the state dict given (timm's)."""
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        keys[:] = [k.replace(CHILD, "", 1) for k in keys]
 
 
 def create_timm_model(name: str, num_classes: int, in_chans: int = 3, img_size: int = 32,

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import MixkdError
-from .mixing import MIXERS, MODEL_NEEDS, MixResult, cutmix
+from ..errors import MixkdError
+from .base import MIXERS, MODEL_NEEDS, MixResult
+from .mixers import cutmix
 
 
 @dataclass

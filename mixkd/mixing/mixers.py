@@ -1,8 +1,4 @@
-"""Mixing variants as pure functions: (images, labels, rng, **params) → MixResult.
-
-Randomness comes from a NumPy generator owned by the run, not from the device: λ, partners and boxes
-are then identical on CPU and GPU and across runs that share a seed, which is what makes runs that
-differ only in student or temperature a paired comparison.
+"""The mixing variants, as pure functions: (images, labels, rng, **params) → MixResult.
 
 Convention: a mixed sample is `λ·x + (1-λ)·x[index]` (or x with a region pasted from x[index]);
 its label is y_a with weight λ and y_b = y[index] with weight 1-λ. λ is per sample, shape (B,).
@@ -10,73 +6,13 @@ its label is y_a with weight λ and y_b = y[index] with weight 1-λ. λ is per s
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError
-from .registry import Registry
-
-MIXERS: Registry = Registry("mixer")
-# What a mixer needs of a model its mix is applied to, checked on the meta device when a study is read:
-# name → check(model, relabels, **params) raising ValueError; relabels: the mix's labels may come from this
-# model's forward (it is the model trained, and it sees the mixed batch)
-MODEL_NEEDS: Registry = Registry("model check")
-
-
-@dataclass
-class MixResult:
-    x: Tensor  # the images a mixed view sees
-    y_a: Tensor  # (B,) labels of the base samples
-    y_b: Tensor  # (B,) labels of the partners
-    lam: Tensor  # (B,) weight of y_a, in [0, 1]
-    index: Tensor  # (B,) partner of each sample
-    mask: Tensor | None = None  # (B, 1, H, W): 1 where the pixel comes from the partner
-    stage: int | None = None  # manifold mixup: mix the hidden state in front of this stage instead of x
-
-    def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
-        """λ·smooth(onehot(y_a)) + (1-λ)·smooth(onehot(y_b)): a distribution over classes per sample."""
-        lam = self.lam[:, None].float()
-        return (lam * smooth_one_hot(self.y_a, num_classes, smoothing)
-                + (1 - lam) * smooth_one_hot(self.y_b, num_classes, smoothing))
-
-    def interpolate(self, values: Tensor) -> Tensor:
-        """λ·v + (1-λ)·v[index] per sample, e.g. teacher probabilities of the clean batch. Blended in fp32
-        whatever `values`' precision (bf16 hidden states: a λ rounded to bf16 would not be the labels' λ)."""
-        dtype = torch.promote_types(values.dtype, torch.float32)
-        lam = self.lam.view(-1, *([1] * (values.dim() - 1))).to(dtype)
-        return (lam * values.to(dtype) + (1 - lam) * values[self.index].to(dtype)).to(values.dtype)
-
-    def mix_hidden(self, h: Tensor) -> Tensor:
-        """What manifold mixup applies to the hidden state in front of `stage` (StagedNet's mix_fn)."""
-        return self.interpolate(h)
-
-    def forward(self, net, x: Tensor) -> Tensor:
-        """`net`'s logits on this mixed batch; `x` is the clean batch, which manifold mixup starts from."""
-        if self.stage is not None:
-            return net(x, mix_at=self.stage, mix_fn=self.mix_hidden)
-        return net(self.x)
-
-    def forward_student(self, net, x: Tensor) -> tuple[Tensor, "MixResult"]:
-        """The student's logits and the mix its targets come from; variants whose labels depend on
-        the student's forward (TransMix) return a relabelled mix."""
-        return self.forward(net, x), self
-
-
-def smooth_one_hot(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
-    """(1-s)·onehot(y) + s/K: label smoothing spreads mass s uniformly over all K classes."""
-    off = smoothing / num_classes
-    return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)
-
-
-def identity(x: Tensor, y: Tensor) -> MixResult:
-    n = len(y)
-    return MixResult(x, y, y, torch.ones(n, device=x.device), torch.arange(n, device=x.device))
+from .base import MIXERS, MODEL_NEEDS, MixResult, identity, on_device
 
 
 def draw_lam(rng: np.random.Generator, alpha: float, n: int, per_sample: bool) -> np.ndarray:
@@ -85,15 +21,6 @@ def draw_lam(rng: np.random.Generator, alpha: float, n: int, per_sample: bool) -
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 (λ ~ Beta(α, α)), got {alpha!r}; no mixing is mix: none")
     return rng.beta(alpha, alpha, size=n) if per_sample else np.full(n, rng.beta(alpha, alpha))
-
-
-def on_device(values: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Host-drawn values on `like`'s device. On CUDA via pinned memory and a non-blocking copy: a copy from
-    pageable memory makes the host wait for the GPU's queue to drain, once per copy, every step."""
-    t = torch.as_tensor(values, dtype=dtype)
-    if like.device.type != "cuda":
-        return t.to(like.device)
-    return t.pin_memory().to(like.device, non_blocking=True)
 
 
 def partners(rng: np.random.Generator, n: int, like: Tensor) -> Tensor:
@@ -258,39 +185,3 @@ def resizemix(x: Tensor, y: Tensor, rng: np.random.Generator, scale: Sequence[fl
     box = boxes(rng, tau, h, w)
     return pasted(x, y, index, box,
                   lambda s, y0, y1, x0, x1: F.interpolate(s, size=(y1 - y0, x1 - x0), mode=interpolation))
-
-
-@dataclass
-class Mixer:
-    """A named mixing variant with validated parameters, applied with probability `prob` per batch."""
-
-    name: str
-    params: dict = field(default_factory=dict)
-    prob: float = 1.0
-
-    def __post_init__(self):
-        self.fn: Callable[..., MixResult] = MIXERS.get(self.name, "mix.name")
-        check_params(self.fn, self.params, f"mix ({self.name})", skip=3)
-
-    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator) -> MixResult:
-        if self.prob < 1.0 and rng.random() >= self.prob:
-            return identity(x, y)
-        return self.fn(x, y, rng, **self.params)
-
-
-def check_params(fn: Callable, params: dict, where: str, skip: int = 0) -> None:
-    """Reject keyword arguments the function does not take, naming those it does."""
-    allowed = list(inspect.signature(fn).parameters)[skip:]
-    allowed = [a for a in allowed if a not in ("kwargs", "_")]
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(where, f"unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
-
-
-def mixer_params(name: str) -> dict:
-    """Parameter names and defaults of a registered mixer (for `mixkd list mixers`)."""
-    sig = inspect.signature(MIXERS.get(name))
-    return {k: p.default for k, p in list(sig.parameters.items())[3:]}
-
-
-from . import transmix  # noqa: E402,F401  (registration)

@@ -1,0 +1,205 @@
+"""The unit of work: a lockstep group of runs (`engine.lockstep_groups`; one run when lockstep is 1), claimed,
+trained or imported, analysed and recorded. Every executor (`mixkd.executors`) runs `execute_group`.
+
+It claims each run's lock, so two runners on one study share its runs instead of training any twice, and each
+run resumes from its last checkpoint. What a run directory holds is decided here: the config when a run
+starts, an imported teacher's checkpoint, the analyses and the summary; the training loop adds the epoch log
+and the checkpoints through the `RunDir` it is handed.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .analysis import analyse_run
+from .build import build_model, frozen_teacher, import_teacher
+from .config import RunSpec
+from .data import create_dataset
+from .engine import resolve_device
+from .errors import MixkdError
+from .provenance import environment, now
+from .rundir import RunDir
+from .study import Study
+from .train import STOPS_THE_STUDY, train_group
+
+
+def describe(spec: RunSpec) -> str:
+    """A run as the study names it (a student by its name: two may share a model)."""
+    run, d, name = spec.run, spec.run.distill, spec.names.name
+    if run.is_teacher:
+        return f"teacher {name} mix={run.mix.name}"
+    if d is None:
+        return f"scratch {name} mix={run.mix.name} seed={run.seed}"
+    return (f"{spec.names.teacher}→{name} mix={run.mix.name} T={d.temperature:g} view={d.mixed_view} "
+            f"seed={run.seed}")
+
+
+def progress_line(spec: RunSpec, summary: dict) -> str:
+    outcome = {"complete": lambda s: f"top1 {s['top1_last']:.4f} ({s['wall_seconds']:.1f}s)",
+               "failed": lambda s: f"FAILED {s['error']}",
+               "skipped": lambda s: f"skipped: {s['reason']}"}[summary["status"]]
+    return f"{spec.run_id} {describe(spec)}: {outcome(summary)}"
+
+
+def todo_statuses(retry_failed: bool) -> set[str]:
+    return {"pending", "running", *(["failed"] if retry_failed else [])}
+
+
+@dataclass
+class Job:
+    """What a worker needs to rebuild a study's RunContext; picklable, so it ships to worker processes."""
+
+    study: Study
+    out: Path
+    device: str = "auto"  # resolved where the run executes: a Ray worker may have a GPU its head lacks
+    data_root: str | None = None
+    retry_failed: bool = False
+    checkpoint_every: int = 1
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one RunContext per job and process
+
+
+class RunContext:
+    """What the runs of one study share within one process: the dataset and the loaded teachers."""
+
+    def __init__(self, job: Job):
+        self.job, self.study, self.out = job, job.study, Path(job.out)
+        self.device = resolve_device(job.device)
+        self.engine = self.study.file.engine.resolve(self.device)
+        self.specs = {r.run_id: r for r in self.study.runs}
+        self.env = environment(self.device)
+        self._data = None
+        self._teachers: dict[str, torch.nn.Module] = {}
+
+    @property
+    def data(self):
+        if self._data is None:
+            dataset = self.study.dataset
+            self._data = create_dataset(dataset.name, root=self.job.data_root, **dataset.kwargs())
+        return self._data
+
+    def teacher(self, spec: RunSpec) -> torch.nn.Module | None:
+        """The student's trained teacher, loaded once from its run directory (`build.frozen_teacher`)."""
+        tid = spec.run.teacher
+        if tid is None:
+            return None
+        if tid not in self._teachers:
+            self._teachers[tid] = frozen_teacher(self._finished_teacher(tid), self.engine)
+        return self._teachers[tid]
+
+    def _finished_teacher(self, tid: str) -> torch.nn.Module:
+        """Teacher run `tid`'s model once the run is complete: waited for while another runner trains it, and
+        trained here when none does (the runner that started it died, or its checkpoint is gone), so its
+        students are never failed for it. Raises TeacherNotReady when the teacher failed."""
+        rundir, trained_here, spec = RunDir(self.out, tid), False, self.specs[tid]
+        while True:
+            wait_for_other_runner(rundir, f"teacher run {tid}")
+            status = rundir.status()
+            model = rundir.load_model(build_model(spec.run, self.data)) if status == "complete" else None
+            if model is not None:
+                return model
+            if status == "failed" or trained_here:
+                raise TeacherNotReady(f"teacher run {tid} is {status}: its students stay pending until it is "
+                                      f"complete (--retry-failed reruns it)")
+            lacking = " without a checkpoint" if status == "complete" else ""
+            print(f"teacher run {tid} is {status}{lacking} and no runner holds it: training it here",
+                  flush=True)
+            with rundir.claim() as held:
+                if held and status == "complete":
+                    rundir.reopen()
+            (summary,) = execute_group([spec], self)
+            print(progress_line(spec, summary), flush=True)
+            trained_here = summary["status"] != "skipped"  # skipped: another runner claimed it meanwhile
+
+
+class TeacherNotReady(MixkdError):
+    """A student's teacher failed: the student is left to do, not failed, since nothing is wrong with it."""
+
+
+def wait_for_other_runner(rundir: RunDir, what: str) -> None:
+    """A teacher another runner is training: wait for it rather than fail its students."""
+    if rundir.is_claimed():
+        print(f"waiting for {what}: another runner is training it", flush=True)
+        rundir.wait_until_released()
+
+
+def execute_group(specs: list[RunSpec], ctx: RunContext) -> list[dict]:
+    """Claim the group's runs, then train (or import) those still to do together, analyse each and write
+    its summary. A run another runner holds, or has finished since this study started, is skipped.
+    Returns one summary per run; never raises for a failed run."""
+    with ExitStack() as held_locks:
+        summaries, mine = [], []
+        for spec in specs:
+            rundir = RunDir(ctx.out, spec.run_id)
+            if not held_locks.enter_context(rundir.claim()):
+                summaries.append(skipped(spec, "another runner is training it"))
+            elif (status := rundir.status()) not in todo_statuses(ctx.job.retry_failed):
+                summaries.append(skipped(spec, f"already {status}, by another runner"))
+            else:
+                mine.append((spec, rundir))
+        return summaries + (_run_group(mine, ctx) if mine else [])
+
+
+def skipped(spec: RunSpec, reason: str) -> dict:
+    """Not written anywhere: the run belongs to whoever holds it."""
+    return {"run_id": spec.run_id, "status": "skipped", "reason": reason}
+
+
+def failure(e: BaseException) -> dict:
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}",
+            "traceback": "".join(traceback.format_exception(e))}
+
+
+def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
+    started, clock = now(), time.perf_counter()
+    lead, teacher = runs[0][0], None
+    try:
+        teacher = ctx.teacher(lead)  # before any run starts: this runner may have to train the teacher first
+        started, clock = now(), time.perf_counter()
+        ctx.engine.claim_threads()  # in every executor's processes alike: same thread count, same numbers
+        for spec, rundir in runs:
+            rundir.start(spec)
+        if lead.run.imported:  # an imported teacher is a group of one
+            outcomes = [_imported(lead, runs[0][1], ctx)]
+        else:
+            members = train_group([s.run for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine,
+                                  teacher, describe(lead), ctx.job.checkpoint_every)
+            outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
+    except TeacherNotReady as e:
+        return [skipped(spec, str(e)) for spec, _ in runs]
+    except STOPS_THE_STUDY:
+        raise
+    except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
+        outcomes = [e] * len(runs)
+    summaries = []
+    for (spec, rundir), outcome in zip(runs, outcomes):
+        if isinstance(outcome, BaseException):
+            result = failure(outcome)
+        else:
+            result, model = outcome
+            try:
+                rundir.write_analysis(analyse_run(spec.run, model, teacher, ctx.data, ctx.device))
+                result = {"status": "complete", **result}
+            except STOPS_THE_STUDY:
+                raise
+            except Exception as e:  # recorded, and the study goes on: one bad run must not sink the grid
+                result = failure(e)
+        # wall_seconds: this attempt's group training and evaluation, plus the analyses up to this run's
+        summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
+                   "wall_seconds": time.perf_counter() - clock}
+        rundir.write_summary(summary)
+        summaries.append(summary)
+    return summaries
+
+
+def _imported(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> tuple[dict, torch.nn.Module]:
+    """A teacher given as a checkpoint: evaluated, and cached in its run directory like a trained one."""
+    result, model = import_teacher(spec.run, spec.names.checkpoint, ctx.data, ctx.engine)
+    rundir.save_checkpoint({"model": model.state_dict()})
+    return result, model
