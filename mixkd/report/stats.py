@@ -21,7 +21,7 @@ from scipy import stats
 from .. import columns
 from ..columns import VIEW_ORDER, labelled, of_kind
 from ..rundir import atomic_write
-from ..study import Recipe
+from ..config import Recipe
 from ..tables import parquet_bytes
 
 CONFIDENCE, ALPHA, MIN_SEEDS = 0.95, 0.05, 3
