@@ -66,6 +66,10 @@ class StagedNet(nn.Module):
 
     taps_preact = False
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm whose output each pre-activation is (OFD reads its margins off them)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pre-activation features")
+
     @contextmanager
     def tapping(self, taps: frozenset[str]):
         """The forward inside records what `taps` asks for (architectures whose taps live inside their stages

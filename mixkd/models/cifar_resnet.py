@@ -75,6 +75,10 @@ class CifarResNet(StagedNet):
             for block in last:
                 block.keep_preact = False
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm before each stage's last ReLU (OFD reads its margins off them): the last block's bn2."""
+        return [stage[-1].bn2 for stage in self.stages()]
+
     def preacts(self, stages):
         preacts = [stage[-1].preact for stage in self.stages()]
         for stage in self.stages():

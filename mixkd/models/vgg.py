@@ -71,6 +71,10 @@ class VGG(StagedNet):
             for hook in hooks:
                 hook.remove()
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of blocks 1-4, before their ReLU (OFD reads its margins off them)."""
+        return [[m for m in stage if isinstance(m, nn.BatchNorm2d)][-1] for stage in self.stages()[1:]]
+
     def stem_map(self, stem):
         return self._taps["maps"][0]
 

@@ -67,14 +67,18 @@ class WideResNet(StagedNet):
 
     taps_preact = True
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm before each stage's map is activated (OFD reads its margins off them): the next block's
+        first BN, or the final one."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def preacts(self, stages):
         """Pre-activation blocks: a stage's pre-activation is the next BN applied to its output (the next block's
         first BN, or the final one), as the references tap it, with that BN's own statistics (batch ones in
         training) but momentum 0 here, so tapping does not update its running statistics a second time (the
         references do; mixkd does not follow them there)."""
-        following = [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
         return [F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training, 0.0, bn.eps)
-                for h, bn in zip(stages, following)]
+                for h, bn in zip(stages, self.bn_before_relu())]
 
     def pool(self, h):
         return avg_pool_flat(self.relu(self.bn1(h)))
