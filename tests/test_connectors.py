@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixkd import connectors as cn
-from mixkd import feature_losses as fl
+from mixkd.losses import parts as cn
+from mixkd.losses import functional as fl
 
 
 def count(module) -> int:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixkd import feature_losses as fl
+from mixkd.losses import functional as fl
 
 torch.manual_seed(0)
 
@@ -70,7 +70,8 @@ def test_pkt_is_kl_of_row_normalised_cosine_probabilities():
 
 
 def test_ab_pushes_each_neuron_past_the_teachers_boundary_by_the_margin():
-    s, t = torch.tensor([0.5, -2.0, 0.2, 3.0]).view(1, 1, 2, 2), torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 1, 2, 2)
+    s = torch.tensor([0.5, -2.0, 0.2, 3.0]).view(1, 1, 2, 2)
+    t = torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 1, 2, 2)
     # teacher off: student 0.5 > −1 → (0.5+1)²; −2 is past the margin → 0. teacher on: 0.2 ≤ 1 → (0.2−1)²; 3 → 0
     hinge = 1.5**2 + 0.8**2
     assert fl.ab_loss([s], [t]) == pytest.approx(hinge * 3 / 1000)

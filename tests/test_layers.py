@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mixkd"
-GROUPS = ("models", "data", "mixing", "analysis", "report", "bench")  # a package is one node: its modules
+GROUPS = ("models", "data", "mixing", "losses", "analysis", "report", "bench")  # a package is one node: its modules
 # register with the package they are part of
 
 

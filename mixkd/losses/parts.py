@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .feature_losses import vid_initial_log_scale
+from .functional import vid_initial_log_scale
 
 
 class ConvReg(nn.Module):
@@ -80,8 +80,8 @@ def _conv_stack(channels: list[int], transpose: bool = False, bn: bool = False) 
 
 
 class Paraphraser(nn.Module):
-    """FT's teacher-side auto-encoder: 3×3 convs C → C → ⌊kC⌋ → ⌊kC⌋ (the factor) and transposed convs back,
-    leaky ReLUs (0.1), no BatchNorm; trained first to reconstruct the teacher's map, then frozen."""
+    """FT's teacher-side auto-encoder: 3×3 convs C → C → ⌊kC⌋ → ⌊kC⌋ (the factor) and transposed convs
+    back, leaky ReLUs (0.1), no BatchNorm; trained first to reconstruct the teacher's map, then frozen."""
 
     def __init__(self, teacher_channels: int, rate: float = 0.5):
         super().__init__()
@@ -95,8 +95,8 @@ class Paraphraser(nn.Module):
 
 
 class Translator(nn.Module):
-    """FT's student-side encoder to the paraphraser's factor size: 3×3 convs C_s → C_s → ⌊kC_t⌋ → ⌊kC_t⌋, each
-    with BatchNorm and a leaky ReLU."""
+    """FT's student-side encoder to the paraphraser's factor size: 3×3 convs C_s → C_s → ⌊kC_t⌋ → ⌊kC_t⌋,
+    each with BatchNorm and a leaky ReLU."""
 
     def __init__(self, student_channels: int, teacher_channels: int, rate: float = 0.5):
         super().__init__()

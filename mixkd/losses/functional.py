@@ -5,7 +5,7 @@ it — RepDistiller (HobbitLong/RepDistiller, `distiller_zoo/`), mdistiller (meg
 `mdistiller/distillers/`), DIST (hunto/image_classification_sota, `lib/models/losses/dist_kd.py`) and logit
 standardisation (sunshangquan/logit-standardization-KD) — reductions and constants included, so published
 numbers stay comparable. The methods that own trainable parts, feature taps and mixed views build on these
-(`mixkd.distillers`); nothing here has state, so every formula is tested against hand-computed values.
+(`mixkd.losses`); nothing here has state, so every formula is tested against hand-computed values.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def cc_loss(student_embed: Tensor, teacher_embed: Tensor) -> Tensor:
-    """CC as RepDistiller ships it (the code its authors shared, not the paper's kernel matrix): with Δ = |e_s − e_t|,
-    the mean over consecutive samples i, i+1 of Σ_d Δ_i,d · Δ_i+1,d — it depends on the batch's order."""
+    """CC as RepDistiller ships it (the code its authors shared, not the paper's kernel matrix): with
+    Δ = |e_s − e_t|, the mean over consecutive samples i, i+1 of Σ_d Δ_i,d · Δ_i+1,d — it depends on the batch's
+    order."""
     delta = (student_embed - teacher_embed).abs()
     return (delta[:-1] * delta[1:]).sum(dim=1).sum() / (delta.shape[0] - 1)
 
@@ -93,12 +94,13 @@ def rkd_loss(student: Tensor, teacher: Tensor, distance_weight: float = 25.0,
              angle_weight: float = 50.0) -> Tensor:
     """RKD (Park et al., CVPR 2019) on pooled features: Huber distance between the batches' pairwise distances,
     each normalised by its mean nonzero distance, and between their triplet angles."""
+    def normalised(d: Tensor) -> Tensor:  # mean of the nonzero distances (d ≥ 0), without a host sync
+        return d / (d.sum() / (d > 0).sum())
+
     with torch.no_grad():
-        d_t = _distances(teacher)
-        d_t = d_t / d_t[d_t > 0].mean()
+        d_t = normalised(_distances(teacher))
         a_t = _angles(teacher)
-    d_s = _distances(student)
-    d_s = d_s / d_s[d_s > 0].mean()
+    d_s = normalised(_distances(student))
     return distance_weight * F.smooth_l1_loss(d_s, d_t) + angle_weight * F.smooth_l1_loss(_angles(student), a_t)
 
 
@@ -170,8 +172,8 @@ def nst_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
 
 
 def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
-    """OFD's per-channel margin from the teacher's BN before a ReLU: the mean of N(β, γ²) below zero, or −3|γ| where
-    that tail is too thin (Φ(−β/|γ|) ≤ 1e-3) to estimate."""
+    """OFD's per-channel margin from the teacher's BN before a ReLU: the mean of N(β, γ²) below zero, or −3|γ|
+    where that tail is too thin (Φ(−β/|γ|) ≤ 1e-3) to estimate."""
     s, m = bn_weight.abs().double(), bn_bias.double()
     normal = torch.distributions.Normal(0.0, 1.0)
     tail = normal.cdf(-m / s)
@@ -180,8 +182,9 @@ def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
 
 
 def ofd_loss(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
-    """OFD (Heo et al., ICCV 2019): a partial L2 on pre-activations — no penalty where both the teacher (below its
-    margin) and the student (below it too) are inactive — summed over channel and position, averaged over the batch."""
+    """OFD (Heo et al., ICCV 2019): a partial L2 on pre-activations — no penalty where both the teacher (below
+    its margin) and the student (below it too) are inactive — summed over channel and position, averaged over the
+    batch."""
     m = margin.view(1, -1, 1, 1)
     e = (student - m).pow(2) * ((student > m) & (teacher <= m)).to(student.dtype) + \
         (student - teacher).pow(2) * (((student > teacher) & (teacher > m) & (teacher <= 0)) |
@@ -245,16 +248,20 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return F.cosine_similarity(a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True), dim=1, eps=eps)
 
 
-def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, beta: float = 1.0,
-              gamma: float = 1.0) -> Tensor:
-    """DIST (Huang et al., NeurIPS 2022): with Y = softmax(z / τ), one minus the Pearson correlation of each sample's
-    class probabilities (inter-class, weight β) and of each class's probabilities across the batch (intra-class,
-    weight γ), times τ²."""
-    y_s = F.softmax(student_logits / temperature, dim=1)
-    y_t = F.softmax(teacher_logits / temperature, dim=1)
+def dist_relations(y_s: Tensor, y_t: Tensor, beta: float = 1.0, gamma: float = 1.0) -> Tensor:
+    """DIST's relations of two batches of class probabilities: β·(1 − the mean Pearson correlation of each
+    sample's probabilities across classes) + γ·(1 − that of each class's across the batch)."""
     inter = 1 - _pearson_rows(y_s, y_t).mean()
     intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()
-    return temperature**2 * (beta * inter + gamma * intra)
+    return beta * inter + gamma * intra
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, beta: float = 1.0,
+              gamma: float = 1.0) -> Tensor:
+    """DIST (Huang et al., NeurIPS 2022): `dist_relations` of Y = softmax(z / τ), times τ²."""
+    y_s = F.softmax(student_logits / temperature, dim=1)
+    y_t = F.softmax(teacher_logits / temperature, dim=1)
+    return temperature**2 * dist_relations(y_s, y_t, beta, gamma)
 
 
 def standardise(logits: Tensor, eps: float = 1e-7) -> Tensor:

@@ -1,54 +1,15 @@
-"""Distillation losses: pure functions plus small registered classes that bind their parameters.
-
-Every loss returns a dict of *weighted* named parts (their sum is what is optimised), so each part is
-logged on its own. A loss also says how teacher logits become the target distribution
-(`teacher_probs`): the `student` mixed view interpolates those probabilities across partners,
-which is only meaningful after the loss's own temperature and normalisation.
+"""Logit distillation: the losses that read only the student's logits and the teacher's probabilities (CE, KD,
+MIX-KD's std_kd, DKD, DIST), and logit standardisation (Sun et al., CVPR 2024) as an option of KD, DKD and DIST.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mixing import MixResult
-from .registry import Registry
-
-# A loss: a class built with the run's distillation temperature (an axis of its own) and its parameters.
-LOSSES: Registry = Registry("loss", inputs=("temperature",))
-
-
-@dataclass
-class LossInputs:
-    student_logits: Tensor
-    targets: Tensor  # (B, K) label distribution of what the student saw
-    teacher_probs: Tensor | None  # (B, K) from `teacher_probs`, after the view's interpolation; None without KD
-    mix: MixResult  # y_a, y_b, λ for losses that need the target classes
-    epoch: int  # 1-based, for warm-ups
-
-
-def non_negative(**weights: float) -> None:
-    """A negative weight would ascend its loss part: refused where a study names it."""
-    for name, value in weights.items():
-        if value < 0:
-            raise ValueError(f"{name} must be ≥ 0, got {value!r}")
-
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy against a distribution; equals F.cross_entropy for one-hot targets."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def kd_kl(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
-    """Hinton et al.: KL(p_T ‖ softmax(z_s / T)) · T², averaged over the batch.
-
-    The T² keeps gradient magnitudes comparable across temperatures (soft-target gradients scale as 1/T²).
-    """
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_p_s, teacher_probs, reduction="batchmean") * temperature**2
+from .base import LOSSES, LossInputs, kd_kl, non_negative, soft_cross_entropy
+from .functional import dist_relations, standardise
 
 
 class CE:
@@ -67,20 +28,32 @@ class CE:
 
 
 class KD:
-    """Hinton KD: ce_weight·CE(labels) + kd_weight·T²·KL(teacher ‖ student) (RepDistiller's 0.1 / 0.9)."""
+    """Hinton KD: ce_weight·CE(labels) + kd_weight·T²·KL(teacher ‖ student) (RepDistiller's 0.1 / 0.9).
 
+    `standardise`: logit standardisation (Sun et al., CVPR 2024; their CIFAR-100 setting: T 2, kd_weight 9,
+    ce_weight 0.1): both nets' logits z-scored per sample before the softmax at T, which is KD at a per-sample
+    temperature T·σ(z); the CE keeps the raw logits. (MIX-KD's `std_kd` is its special case: no centring,
+    which softmax ignores anyway, T = 1, no T², and its CE on the standardised logits too.)
+    """
+
+    paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, NIPS DL Workshop 2014"
     uses_teacher = True
 
-    def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
+    def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9,
+                 standardise: bool | None = None):
         non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
+        self.standardise = bool(standardise)
+
+    def logits(self, z: Tensor) -> Tensor:
+        return standardise(z) if self.standardise else z
 
     def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
-        return F.softmax(teacher_logits / self.temperature, dim=1)
+        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
 
     def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
         return {"ce": self.ce_weight * soft_cross_entropy(inp.student_logits, inp.targets),
-                "kd": self.kd_weight * kd_kl(inp.student_logits, inp.teacher_probs, self.temperature)}
+                "kd": self.kd_weight * kd_kl(self.logits(inp.student_logits), inp.teacher_probs, self.temperature)}
 
 
 LOSSES.register("ce")(CE)
@@ -97,7 +70,8 @@ def standardize(logits: Tensor) -> Tensor:
 
 @LOSSES.register("std_kd")
 class StdKD:
-    """MIX-KD's MIXSTDLoss (Choi et al. WACV 2023): γ·CE + α·KL on std-standardised logits, no T².
+    """MIX-KD's MIXSTDLoss (Choi et al. WACV 2023): γ·CE + α·KL on std-standardised logits, no T². A special case
+    of logit standardisation (`kd` with `standardise: true`): no centring, T = 1, no T², the CE standardised too.
 
     As the reference: CE(softmax(z_s/std_s), mixed labels)·ce_weight + KL(softmax(z_t/std_t) ‖
     softmax(z_s/std_s))·kd_weight, batch mean, γ = 0.1, α = 0.9. Note the CE term, too, sees the
@@ -105,6 +79,7 @@ class StdKD:
     loss): T = 1 reproduces it; another T divides both standardised logits in the KL term only.
     """
 
+    paper = "Choi et al., Understanding the Role of Mixup in Knowledge Distillation, WACV 2023"
     uses_teacher = True
 
     def __init__(self, temperature: float = 1.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
@@ -153,22 +128,27 @@ class DKD:
     probabilities at T (possibly interpolated across mix partners) rather than logits.
     """
 
+    paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     uses_teacher = True
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0,
-                 warmup: int = 20):
+                 warmup: int = 20, standardise: bool | None = None):
         non_negative(ce_weight=ce_weight, alpha=alpha, beta=beta, warmup=warmup)
         self.temperature, self.ce_weight, self.alpha, self.beta, self.warmup = (
             temperature, ce_weight, alpha, beta, warmup)
+        self.standardise = bool(standardise)  # DKD on z-scored logits (Sun et al., CVPR 2024), as `kd`'s
+
+    def logits(self, z: Tensor) -> Tensor:
+        return standardise(z) if self.standardise else z
 
     def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
-        return F.softmax(teacher_logits / self.temperature, dim=1)
+        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
 
     def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
         m, t = inp.mix, self.temperature
         lam = m.lam.to(inp.student_logits.dtype)
-        a = dkd_terms(inp.student_logits, inp.teacher_probs, m.y_a, t)
-        b = dkd_terms(inp.student_logits, inp.teacher_probs, m.y_b, t)
+        z = self.logits(inp.student_logits)
+        a, b = dkd_terms(z, inp.teacher_probs, m.y_a, t), dkd_terms(z, inp.teacher_probs, m.y_b, t)
         scale = min(inp.epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
         tckd, nckd = ((lam * pa + (1 - lam) * pb).mean() for pa, pb in zip(a, b))
         return {"ce": self.ce_weight * soft_cross_entropy(inp.student_logits, inp.targets),
@@ -176,7 +156,31 @@ class DKD:
                 "nckd": scale * self.beta * t**2 * nckd}
 
 
-def create_loss(name: str, temperature: float | None = None, **params):
-    """Loss `name` at `temperature` (its default when None) with `params`, checked when the study was read."""
-    cls = LOSSES.get(name, "loss.name")
-    return cls(temperature=temperature, **params) if temperature is not None else cls(**params)
+@LOSSES.register("dist")
+class DIST:
+    """DIST (Huang et al., NeurIPS 2022; hunto/image_classification_sota `dist_kd.py`): ce_weight·CE +
+    kd_weight·τ²·(β·(1 − inter-class Pearson) + γ·(1 − intra-class Pearson)) of softmax(z / τ). Defaults are
+    the reference's CIFAR-100 setting (τ 4, β = γ = 1, CE 1, kd_weight 2). `standardise` z-scores both nets'
+    logits first, as `kd`'s (an extension: the logit-standardisation paper has no DIST code)."""
+
+    paper = "Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022"
+    uses_teacher = True
+
+    def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 2.0, beta: float = 1.0,
+                 gamma: float = 1.0, standardise: bool | None = None):
+        non_negative(ce_weight=ce_weight, kd_weight=kd_weight, beta=beta, gamma=gamma)
+        self.temperature, self.ce_weight, self.kd_weight, self.beta, self.gamma = (
+            temperature, ce_weight, kd_weight, beta, gamma)
+        self.standardise = bool(standardise)
+
+    def logits(self, z: Tensor) -> Tensor:
+        return standardise(z) if self.standardise else z
+
+    def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
+        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
+
+    def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
+        t = self.temperature
+        y_s = F.softmax(self.logits(inp.student_logits) / t, dim=1)
+        return {"ce": self.ce_weight * soft_cross_entropy(inp.student_logits, inp.targets),
+                "dist": self.kd_weight * t**2 * dist_relations(y_s, inp.teacher_probs, self.beta, self.gamma)}
