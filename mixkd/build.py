@@ -1,4 +1,5 @@
-"""The models a run uses, built for its data and put on its device: the one place both happen.
+"""The models a run uses (and a distillation method's trainable parts), built for its data and put on its
+device: the one place both happen.
 
 A run's own model is its config's architecture at the data's shape; a student's teacher is the model of a
 finished teacher run (`mixkd.work` loads its weights) or a RepDistiller/mdistiller checkpoint it imports.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .config import RunConfig
 from .engine import DeviceEngine
+from .losses import BuildContext, FeatureLoss, create_loss, probe
 from .metrics import compute_metrics, predict
 from .models import StagedNet, create_model
 from .models.checkpoint import load_teacher_checkpoint
@@ -28,6 +31,24 @@ def build_model(run: RunConfig, data) -> StagedNet:
 def placed_model(run: RunConfig, data, engine: DeviceEngine) -> StagedNet:
     """A model to train: `build_model` on the engine's device, in its memory format."""
     return engine.prepare(build_model(run, data))
+
+
+def built_loss(run: RunConfig, student: nn.Module, teacher: nn.Module | None, data, engine: DeviceEngine):
+    """The run's loss at its temperature; a feature method with its trainable parts built from the two models'
+    feature shapes (a probe of each) and placed on the engine's device. Called right after the student is
+    built, on the run's seeded stream, so the parts' initial weights are the same alone or in lockstep."""
+    loss = create_loss(run.loss.name, temperature=run.temperature, **run.loss.kwargs())
+    if isinstance(loss, FeatureLoss):
+        image = (data.in_chans, data.img_size, data.img_size)
+        targets = getattr(data, "train_targets", None)
+        context = BuildContext(student, teacher, data.num_train_images,
+                               None if targets is None else torch.as_tensor(targets, device=engine.device),
+                               run.seed, engine.device)
+        shapes = probe(student, image, loss.taps, engine.device), probe(teacher, image, loss.taps, engine.device)
+        loss.check(*shapes)
+        loss.build(*shapes, context)
+        engine.prepare(loss)
+    return loss
 
 
 def frozen_teacher(model: nn.Module, engine: DeviceEngine) -> nn.Module:

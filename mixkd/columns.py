@@ -32,7 +32,7 @@ _NAMED = {
                      "teacher_model", "teacher_mix", "temperature", "mixed_view"), "config"),
     **dict.fromkeys((f.name for f in dataclasses.fields(Recipe)), "config"),
     "seed": "seed",
-    **dict.fromkeys(("status", "error", "top1_best", "best_epoch", "eval_split"), "result"),
+    **dict.fromkeys(("status", "error", "top1_best", "best_epoch", "eval_split", "distiller_params"), "result"),
     **dict.fromkeys((f"{m}_last" for m in METRICS), "result"),
     **dict.fromkeys(("started_at", "finished_at", "wall_seconds", "train_seconds", "images_per_s"), "timing"),
     **dict.fromkeys(("resumed_from_epoch", "lockstep_size"), "execution"),

@@ -9,27 +9,52 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import View
-from .losses import LossInputs
-from .mixing import MixResult, smooth_one_hot
+from .config import VIEWS, View
+from .losses import FeatureLoss, LossInputs
+from .mixing import MixResult, identity, smooth_one_hot
+from .models.base import Features
 
 
 class TeacherForward:
-    """The teacher's logits on one batch, clean and mixed, each computed at most once (without gradients):
-    every run of a lockstep group reads the same ones."""
+    """The teacher's outputs on one batch, clean and mixed, each computed at most once (without gradients):
+    every run of a lockstep group reads the same ones. With `taps` (what the group's feature methods need,
+    `models.base.TAPS`) the forward also returns the teacher's Features."""
 
-    def __init__(self, teacher: nn.Module, x: Tensor, mix: MixResult):
-        self.teacher, self.x, self.mix = teacher, x, mix
-        self._logits: dict[bool, Tensor] = {}
+    def __init__(self, teacher: nn.Module, x: Tensor, mix: MixResult, taps: frozenset[str] | None = None):
+        self.teacher, self.x, self.mix, self.taps = teacher, x, mix, taps
+        self._out: dict[bool, tuple[Tensor, Features | None]] = {}
+
+    def _forward(self, mixed: bool) -> tuple[Tensor, Features | None]:
+        if mixed not in self._out:
+            with torch.no_grad():
+                if mixed:
+                    out = self.mix.forward(self.teacher, self.x, self.taps)
+                else:
+                    out = self.teacher(self.x, **({} if self.taps is None else
+                                                  {"return_features": True, "taps": self.taps}))
+            logits, features = (out, None) if self.taps is None else out
+            # fp32 copies the cache owns: a CUDA-graphed teacher (compile: reduce-overhead) writes its next
+            # call's outputs into the same memory, and `.float()` of fp32 outputs would be that memory
+            self._out[mixed] = (logits.to(torch.float32, copy=True),
+                                None if features is None else in_fp32(features, copy=True))
+        return self._out[mixed]
 
     def logits(self, mixed: bool) -> Tensor:
-        if mixed not in self._logits:
-            with torch.no_grad():
-                out = self.mix.forward(self.teacher, self.x) if mixed else self.teacher(self.x)
-            # an fp32 copy the cache owns: a CUDA-graphed teacher (compile: reduce-overhead) writes its
-            # next call's logits into the same memory, and `.float()` of fp32 logits would be that memory
-            self._logits[mixed] = out.to(torch.float32, copy=True)
-        return self._logits[mixed]
+        return self._forward(mixed)[0]
+
+    def features(self, mixed: bool) -> Features:
+        return self._forward(mixed)[1]
+
+
+def in_fp32(f: Features, copy: bool = False) -> Features:
+    """Features as the losses compute with them: fp32 whatever the autocast precision."""
+    def cast(t):
+        return None if t is None else t.to(torch.float32, copy=copy)
+
+    def cast_all(ts):
+        return None if ts is None else [cast(t) for t in ts]
+
+    return Features(cast_all(f.stages), cast(f.pooled), cast(f.stem), cast_all(f.maps), cast_all(f.preact))
 
 
 class Distiller(nn.Module):
@@ -58,24 +83,34 @@ class Distiller(nn.Module):
         return self
 
     def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int,
-                      teacher_out: "TeacherForward | None" = None) -> tuple[Tensor, dict[str, Tensor]]:
+                      teacher_out: "TeacherForward | None" = None, index: Tensor | None = None,
+                      pretraining: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """`teacher_out` lets runs trained in lockstep share one teacher forward per batch; alone, the
-        distiller makes its own."""
-        v = self.view
+        distiller makes its own. `pretraining`: a method's own pre-training stage (`FeatureLoss.init_epochs`),
+        on the clean batch."""
+        loss, v = self.loss, self.view
+        taps = loss.taps if isinstance(loss, FeatureLoss) else None
+        if pretraining:
+            v, mix = VIEWS["none"], identity(x, y)
         if v.student_mixed:
-            logits, mix = mix.forward_student(self.student, x)  # TransMix relabels from the student's attention
+            out, mix = mix.forward_student(self.student, x, taps)  # TransMix relabels from the student's attention
             targets = mix.soft_targets(self.num_classes, self.label_smoothing)
         else:
-            logits = self.student(x)
+            out = self.student(x) if taps is None else self.student(x, return_features=True, taps=taps)
             targets = smooth_one_hot(y, self.num_classes, self.label_smoothing)
+        logits, student = (out, None) if taps is None else (out[0], in_fp32(out[1]))
         logits = logits.float()  # losses in fp32 whatever the autocast precision
-        teacher_probs = None
-        if self.teacher is not None and self.loss.uses_teacher:
-            teacher_out = teacher_out or TeacherForward(self.teacher, x, mix)
-            teacher_probs = self.loss.teacher_probs(teacher_out.logits(v.teacher_mixed))
+        teacher_probs = teacher = None
+        if self.teacher is not None and loss.uses_teacher:
+            teacher_out = teacher_out or TeacherForward(self.teacher, x, mix, taps)
+            teacher_probs = loss.teacher_probs(teacher_out.logits(v.teacher_mixed))
+            if taps is not None:
+                teacher = teacher_out.features(v.teacher_mixed)
             if v.interpolate_teacher:
                 teacher_probs = mix.interpolate(teacher_probs)
-        return logits, self.loss(LossInputs(logits, targets, teacher_probs, mix, epoch))
+                teacher = teacher if teacher is None else mix.blend_features(teacher)
+        inp = LossInputs(logits, targets, teacher_probs, mix, epoch, student, teacher, index)
+        return logits, (loss.init_loss(inp) if pretraining else loss(inp))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)

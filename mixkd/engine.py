@@ -114,10 +114,10 @@ class DeviceEngine:
         return {"fused": {"fused": True, "foreach": None}, "foreach": {"fused": None, "foreach": True},
                 "loop": {"fused": None, "foreach": False}}[self.optimizer]
 
-    def sgd(self, params, recipe: Recipe) -> torch.optim.SGD:
+    def sgd(self, params, recipe: Recipe, lr: float | None = None) -> torch.optim.SGD:
         r = recipe
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                               nesterov=r.nesterov, **self.sgd_kernel())
+        return torch.optim.SGD(params, lr=r.lr if lr is None else lr, momentum=r.momentum,
+                               weight_decay=r.weight_decay, nesterov=r.nesterov, **self.sgd_kernel())
 
     def record(self) -> dict:
         """The settings as summary fields: scalars, so they become runs.csv columns."""
@@ -128,14 +128,15 @@ class DeviceEngine:
 
 def lockstep_key(spec: RunSpec) -> str | None:
     """Runs with equal keys see identical batches, mixes and teacher outputs when trained alone with their
-    seed, so they can share them: same teacher, data, batch size, epochs, mixing variant and seed. They may
-    differ in student, temperature, loss, mixed view and the rest of the recipe. Imported teachers train
-    nothing: no key."""
+    seed, so they can share them: same teacher, data, batch size, epochs (a method's pre-training epochs
+    included), mixing variant and seed. They may differ in student, temperature, loss, mixed view and the rest
+    of the recipe. Imported teachers train nothing: no key."""
     run = spec.run
     if run.imported:
         return None
+    epochs = run.recipe.epochs + run.loss.params.get("init_epochs", 0)
     shared = {"teacher": run.teacher, "dataset": run.dataset.as_dict(), "mix": run.mix.as_dict(),
-              "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": run.recipe.epochs}
+              "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": epochs}
     return json.dumps(shared, sort_keys=True)
 
 

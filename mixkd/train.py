@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .build import placed_model
+from .build import built_loss, placed_model
 from .config import RunConfig
 from .distill import Distiller, TeacherForward
 from .engine import DeviceEngine
 from .errors import NoSpaceLeft
-from .losses import create_loss
+from .losses import FeatureLoss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .schedules import lr_factor
@@ -102,10 +102,18 @@ class Member:
         self.run, self.recipe, self.engine, self.journal = run, run.recipe, engine, journal
         torch.manual_seed(run.seed)
         self.model = placed_model(run, data, engine)
-        loss = create_loss(run.loss.name, temperature=run.temperature, **run.loss.kwargs())
-        self.distiller = Distiller(engine.compiled(self.model), teacher if run.distill else None, loss,
+        self.loss = built_loss(run, self.model, teacher, data, engine)
+        self.parts = self.loss if isinstance(self.loss, FeatureLoss) else None  # a method's trainable parts
+        self.distiller = Distiller(engine.compiled(self.model), teacher if run.distill else None, self.loss,
                                    run.view, data.num_classes, self.recipe.label_smoothing)
-        self.optimizer = engine.sgd(self.model.parameters(), self.recipe)
+        extra = self.parts.main_parameters() if self.parts is not None else []
+        self.optimizer = engine.sgd([*self.model.parameters(), *extra], self.recipe)
+        # a method's own pre-training stage (FSP, AB, FT): its first epochs, with an optimizer of its own
+        self.init_epochs = self.parts.init_epochs if self.parts is not None else 0
+        self.epochs = self.init_epochs + self.recipe.epochs
+        self.init_optimizer = engine.sgd(self.parts.init_parameters(self.model), self.recipe,
+                                         lr=self.parts.init_lr(self.recipe.lr, self.model)) \
+            if self.init_epochs else None
         self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
         self.resumed_from, self.shared_rng = 0, None
         self.epoch_sums: dict[str, Tensor] = {}  # loss parts × images, on the device until the epoch ends
@@ -116,20 +124,24 @@ class Member:
         if state is None:
             return
         self.model.load_state_dict(state["model"])
-        self.load_optimizer(state["optimizer"])
+        self.load_optimizer(self.optimizer, state["optimizer"])
+        if self.parts is not None:
+            self.parts.load_state_dict(state["distiller"])
+        if self.init_optimizer is not None:
+            self.load_optimizer(self.init_optimizer, state["init_optimizer"])
         self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
         self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
         self.progress = Progress.from_checkpoint(state)
         self.resumed_from = self.progress.epoch
 
-    def load_optimizer(self, state: dict) -> None:
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
         """The checkpoint's optimizer state on this engine's kernel: `load_state_dict` would also restore the
         saved fused/foreach flags, and momentum in the saved memory layout, which CUDA's fused SGD refuses
         for channels_last weights."""
-        self.optimizer.load_state_dict(state)
-        for group in self.optimizer.param_groups:
+        optimizer.load_state_dict(state)
+        for group in optimizer.param_groups:
             group.update(self.engine.sgd_kernel())
-        for p, s in self.optimizer.state.items():
+        for p, s in optimizer.state.items():
             if s.get("momentum_buffer") is not None and s["momentum_buffer"].stride() != p.stride():
                 s["momentum_buffer"] = torch.empty_like(p).copy_(s["momentum_buffer"])
 
@@ -149,17 +161,24 @@ class Member:
         yield
         self.rng = torch_rng_state(self.engine.device)
 
-    def step(self, x: Tensor, y: Tensor, mix, teacher_out: TeacherForward | None, epoch: int, steps: int) -> None:
-        """One optimisation step; the loss parts are summed on the device and read once per epoch."""
-        r = self.recipe
-        for group in self.optimizer.param_groups:
-            group["lr"] = r.lr * lr_factor(r.schedule, self.progress.step, steps, r.epochs, r.warmup_epochs)
+    def step(self, x: Tensor, y: Tensor, index: Tensor, mix, teacher_out: TeacherForward | None, epoch: int,
+             steps: int) -> None:
+        """One optimisation step; the loss parts are summed on the device and read once per epoch. In a method's
+        pre-training epochs, its own loss on the clean batch at a constant learning rate; then the run's, on its
+        schedule counted from the end of pre-training."""
+        r, pretraining = self.recipe, epoch <= self.init_epochs
+        optimizer = self.init_optimizer if pretraining else self.optimizer
+        if not pretraining:
+            step = self.progress.step - self.init_epochs * steps
+            for group in optimizer.param_groups:
+                group["lr"] = r.lr * lr_factor(r.schedule, step, steps, r.epochs, r.warmup_epochs)
         with self.own_rng(), self.engine.autocast():
-            _, parts = self.distiller.forward_train(x, y, mix, epoch, teacher_out)
+            _, parts = self.distiller.forward_train(x, y, mix, epoch - self.init_epochs, teacher_out, index,
+                                                    pretraining)
         total = sum(parts.values())
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.optimizer.step()
+        optimizer.step()
         for name, value in {**parts, "loss": total}.items():
             value = value.detach() * len(y)
             self.epoch_sums[name] = self.epoch_sums[name] + value if name in self.epoch_sums else value
@@ -178,18 +197,23 @@ class Member:
         if p.scores["top1"] > p.best[0]:
             p.best = (p.scores["top1"], epoch)
         p.seconds += seconds
-        self.journal.log_epoch({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **train,
+        optimizer = self.init_optimizer if epoch <= self.init_epochs else self.optimizer
+        self.journal.log_epoch({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **train,
                                 "test_top1": p.scores["top1"], "test_loss": p.scores["nll"],
                                 "seconds": seconds})
-        if epoch % checkpoint_every == 0 or epoch == self.recipe.epochs:
+        if epoch % checkpoint_every == 0 or epoch == self.epochs:
             self.journal.save_checkpoint({
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": p.epoch,
                 "step": p.step, "best": list(p.best), "scores": p.scores, "seconds": p.seconds,
-                "rng": {**self.rng, **shared_rng}, "device": self.engine.device.type})
+                "rng": {**self.rng, **shared_rng}, "device": self.engine.device.type,
+                **({"distiller": self.parts.state_dict()} if self.parts is not None else {}),
+                **({"init_optimizer": self.init_optimizer.state_dict()} if self.init_optimizer else {})})
 
     def result(self, data, group_size: int) -> dict:
-        p, epochs = self.progress, self.recipe.epochs
+        p, epochs = self.progress, self.epochs
+        parts = sum(t.numel() for t in self.parts.parameters()) if self.parts is not None else 0
         return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
+                "distiller_params": parts,
                 "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
                 "lockstep_size": group_size, **self.engine.record()}
@@ -220,12 +244,18 @@ class Lockstep:
     def live(self) -> list[Member]:
         return [m for m in self.members if m.error is None]
 
-    def step(self, x: Tensor, y: Tensor, epoch: int, steps: int) -> None:
+    def step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, steps: int) -> None:
         x = self.engine.layout(x)
         mix = self.mixer(x, y, self.rng)
-        teacher_out = TeacherForward(self.teacher, x, mix) if self.teacher is not None else None
+        teacher_out = TeacherForward(self.teacher, x, mix, self.taps) if self.teacher is not None else None
         for m in self.live:
-            m.guarded(m.step, x, y, mix, teacher_out, epoch, steps)
+            m.guarded(m.step, x, y, index, mix, teacher_out, epoch, steps)
+
+    @property
+    def taps(self) -> frozenset[str] | None:
+        """What the group's feature methods need of the teacher's forward (None: logits alone)."""
+        needed = [m.parts.taps for m in self.live if m.parts is not None]
+        return frozenset().union(*needed) if needed else None
 
 
 def train_group(runs: list[RunConfig], journals: list[Journal], data, engine: DeviceEngine,
@@ -234,9 +264,10 @@ def train_group(runs: list[RunConfig], journals: list[Journal], data, engine: De
     checkpoint; log each epoch and checkpoint every `checkpoint_every` epochs (and the last) to its journal.
     Returns the members: a finished model and `result()`, or `error` set. Alone, a run is a group of one:
     this is the one training loop."""
-    members = [Member(r, data, engine, teacher, j) for r, j in zip(runs, journals)]
+    members = [_member(r, data, engine, teacher, j) for r, j in zip(runs, journals)]
     for m in members:
-        m.guarded(m.resume)
+        if m.error is None:
+            m.guarded(m.resume)
     # members that stopped at different epochs (a kill between their checkpoints) catch up one cohort at a time
     for epoch in sorted({m.progress.epoch for m in members if m.error is None}):
         cohort = [m for m in members if m.error is None and m.progress.epoch == epoch]
@@ -244,11 +275,28 @@ def train_group(runs: list[RunConfig], journals: list[Journal], data, engine: De
     return members
 
 
+class Unbuilt:
+    """A run of a group whose model or method could not be built: recorded as failed, the group goes on."""
+
+    def __init__(self, error: Exception):
+        traceback.clear_frames(error.__traceback__)
+        self.error = error
+
+
+def _member(run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | None, journal: Journal):
+    try:
+        return Member(run, data, engine, teacher, journal)
+    except STOPS_THE_STUDY:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
+        return Unbuilt(e)
+
+
 def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
     members, engine, loader, rng = group.members, group.engine, group.loader, group.rng
     sizes = {m.recipe.eval_batch_size for m in members}
     eval_loaders = {b: data.eval_loader(b, engine.device) for b in sizes}
-    epochs, start, n = members[0].recipe.epochs, members[0].progress.epoch, data.num_train_images
+    epochs, start, n = members[0].epochs, members[0].progress.epoch, data.num_train_images
     if len(members) > 1:
         desc = f"{desc} +{len(members) - 1} in lockstep"
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,
@@ -257,8 +305,8 @@ def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
         clock = time.perf_counter()
         for m in group.live:
             m.distiller.train()
-        for x, y in loader:
-            group.step(x, y, epoch, len(loader))
+        for x, y, index in loader:
+            group.step(x, y, index, epoch, len(loader))
             bar.update(len(y))
         engine.synchronize()  # the epoch's queued GPU work belongs to its time, not to its evaluation's
         seconds = time.perf_counter() - clock

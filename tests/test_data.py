@@ -169,13 +169,16 @@ def test_imagefolder(tmp_path):
     loader = ds.train_loader(4, "cpu", seed=0)
     batches = list(loader)
     assert len(loader) == len(batches) == 3
-    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 16, 16)] * 2 + [(1, 3, 16, 16)]
-    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [tuple(x.shape) for x, _, _ in batches] == [(4, 3, 16, 16)] * 2 + [(1, 3, 16, 16)]
+    assert sorted(torch.cat([y for _, y, _ in batches]).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    index = torch.cat([i for _, _, i in batches])
+    assert sorted(index.tolist()) == list(range(9))  # each training image once, by its dataset index
+    assert torch.equal(torch.cat([y for _, y, _ in batches]), ds.train_targets[index])
 
     def order(seed):
-        return tuple(torch.cat([y for _, y in ds.train_loader(4, "cpu", seed)]).tolist())
+        return tuple(torch.cat([y for _, y, _ in ds.train_loader(4, "cpu", seed)]).tolist())
 
-    assert order(0) == tuple(torch.cat([y for _, y in batches]).tolist()) and len({order(s) for s in range(3)}) > 1
+    assert order(0) == tuple(torch.cat([y for _, y, _ in batches]).tolist()) and len({order(s) for s in range(3)}) > 1
     (a, ya), = ds.eval_loader(8, "cpu")
     (b, _), = ds.eval_loader(8, "cpu")
     assert torch.equal(a, b) and ya.tolist() == [0, 0, 1, 1, 2, 2] and a.shape == (6, 3, 16, 16)

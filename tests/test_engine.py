@@ -14,11 +14,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixkd.build import build_model
 from mixkd.compare import comparable_tables
-from mixkd.config import VIEWS
+from mixkd.config import VIEW_ORDER
 from mixkd.data import create_dataset
 from mixkd.engine import Engine, lockstep_groups
 from mixkd.errors import ConfigError, MixkdError
 from mixkd.losses import LOSSES
+from mixkd.losses.base import FeatureLoss
 from mixkd.metrics import compute_metrics, predict
 from mixkd.mixing import MIXERS, mixup
 from mixkd.models import create_model
@@ -134,8 +135,8 @@ def test_engine_with_features_off_equals_a_plain_loop_step_by_step():
         m.distiller.train()
     for epoch in (1, 2):
         loss_sums = [0.0] * len(members)
-        for x, y in loader:
-            group.step(x, y, epoch, len(loader))
+        for x, y, index in loader:
+            group.step(x, y, index, epoch, len(loader))
             mix = mixup(x, y, rng)
             for i, ((model, opt), m, c) in enumerate(zip(plain, members, students)):
                 model.train()
@@ -281,8 +282,8 @@ def test_compiled_models_train_to_the_eager_numbers():
         member.distiller.train()
         group = Lockstep.of([member], data, engine, teacher)
         for epoch in (1, 2):
-            for x, y in group.loader:
-                group.step(x, y, epoch, len(group.loader))
+            for batch in group.loader:
+                group.step(*batch, epoch, len(group.loader))
         assert member.error is None
         params[mode] = list(member.model.parameters())  # the eager module: what checkpoints save
     for eager, compiled in zip(params[False], params["default"]):
@@ -331,8 +332,8 @@ def test_cuda_engine_steps_without_a_host_sync_and_near_fp32():
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for x, y in batches:
-                group.step(x, y, 1, len(batches))
+            for batch in batches:
+                group.step(*batch, 1, len(batches))
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert [m.error for m in members] == [None] * len(members)
@@ -364,24 +365,36 @@ class HostReads(TorchDispatchMode):
 @pytest.mark.parametrize("mix", sorted(MIXERS))
 @pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"ce"}))
 def test_a_training_step_reads_nothing_back_from_the_device(mix, loss):
-    """Loader batch, mixing draw, teacher forward and every view's student step queue work for the device
-    without waiting on it: the CUDA test below checks this on a GPU; this one, on every mixer and loss."""
+    """Loader batch, mixing draw, teacher forward (with the features a method taps) and every view's student
+    step queue work for the device without waiting on it: the CUDA test below checks this on a GPU; this one,
+    on every mixer, loss and view the loss is defined for. TransMix needs a ViT student, which has no
+    (C, H, W) maps: a method that distils them must be refused when the study is read."""
+    method = LOSSES.get(loss)
+    feature = issubclass(method, FeatureLoss)
+    views = method.views if feature else VIEW_ORDER
     vit = {"model": "timm/vit_tiny_patch16_224",  # TransMix reads a ViT student's class attention
            "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}}
-    study = tiny_study("sync", students={"s": vit if mix == "transmix" else {"model": "cnn_tiny"}},
-                       grid={"mix": [mix], "loss": [loss], "mixed_view": list(VIEWS), "seeds": [0]},
+    cnn = {"model": "resnet8"} if feature else {"model": "cnn_tiny"}
+    study = tiny_study("sync", teachers={"t": {"model": "resnet8"} if feature else {"model": "cnn_small"}},
+                       students={"s": vit if mix == "transmix" else cnn},
+                       grid={"mix": [mix], "loss": [loss], "mixed_view": list(views), "seeds": [0]},
                        baselines=False)
+    if mix == "transmix" and feature and method.taps:
+        with pytest.raises(ConfigError, match="students.s.model|grid.loss"):
+            specs(study)
+        return
     runs = specs(study)
     data = create_dataset("synthetic", train_size=64, test_size=32, img_size=32 if mix == "transmix" else 8)
     engine = Engine().resolve(CPU)
     teacher = build_model(runs[0].run, data).eval()
     members = [Member(r.run, data, engine, teacher) for r in runs[1:]]
+    assert len(members) == (1 if mix == "none" else len(views))  # unmixed, the views are one run
     for m in members:
         m.distiller.train()
     group = Lockstep.of(members, data, engine, teacher)
     batches = iter(group.loader)
     with HostReads() as reads:
-        x, y = next(batches)
-        group.step(x, y, 1, 2)
+        for epoch in sorted({1, 1 + max(m.init_epochs for m in members)}):  # a pre-training stage's, the run's
+            group.step(*next(batches), epoch, 2)
     assert [m.error for m in members] == [None] * len(members)
     assert reads.seen == set()

@@ -10,6 +10,7 @@ from scipy import stats
 
 from mixkd.mixing import MIXERS, Mixer, MixResult, fmu, manifold_mixup, mixup, pmu, resizemix
 from mixkd.models import create_model
+from mixkd.models.base import Features
 
 NAMES = ["none", "mixup", "cutmix", "fmu", "pmu", "manifold_mixup", "resizemix"]
 # every variant, with its non-default options too
@@ -255,6 +256,51 @@ def test_bf16_hidden_states_blend_with_the_labels_lambda():
     lam = res.lam[:, None]
     expected = (lam * h.float() + (1 - lam) * h[[1, 0]].float()).bfloat16()
     assert torch.equal(res.interpolate(h), expected)
+
+
+def features(seed: int = 0) -> Features:
+    """A clean forward's features of 4 samples: 8×8 stem, stage maps at 8×8 and 4×4, a 6-d pooled vector."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64),
+            torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64)]
+    return Features(maps, torch.randn(4, 6, generator=g, dtype=torch.float64),
+                    torch.randn(4, 2, 8, 8, generator=g, dtype=torch.float64), maps, [m + 1 for m in maps])
+
+
+def test_teacher_features_are_blended_the_way_the_inputs_were():
+    """The `student` view's teacher features: λ-blends for mixup (pmu's clean rows untouched); for a pasted
+    box, the partner's cells where the box covers a cell and the covered share on its edge."""
+    f, x, y = features(), *batch(n=4, h=8, w=8)
+    for res in (mixup(x, y, rng(1), per_sample=True), pmu(x, y, rng(2), mixed_fraction=0.5)):
+        out, lam = res.blend_features(f), res.lam.view(-1, 1, 1, 1)
+        for got, clean in zip([*out.stages, *out.preact, out.stem], [*f.stages, *f.preact, f.stem]):
+            assert torch.allclose(got, lam * clean + (1 - lam) * clean[res.index])
+        assert torch.allclose(out.pooled, res.lam[:, None] * f.pooled + (1 - res.lam[:, None]) * f.pooled[res.index])
+    clean = res.lam == 1  # pmu's unmixed half
+    assert clean.sum() == 2 and torch.equal(out.stages[0][clean], f.stages[0][clean])
+
+    mask = torch.zeros(4, 1, 8, 8, dtype=torch.float64)
+    mask[:, :, 2:6, 0:3] = 1  # rows 2-5 line up with the 4×4 grid; columns 0-2 do not
+    index, lam = torch.tensor([1, 0, 3, 2]), torch.full((4,), 1 - 12 / 64, dtype=torch.float64)
+    out = MixResult(x, y, y[index], lam, index, mask=mask).blend_features(f)
+    full = f.stages[0].clone()
+    full[:, :, 2:6, 0:3] = f.stages[0][index][:, :, 2:6, 0:3]
+    assert torch.equal(out.stages[0], full) and torch.equal(out.stem[:, :, 2:6, 0:3], f.stem[index][:, :, 2:6, 0:3])
+    half = out.stages[1]  # a 4×4 cell is 2×2 pixels: rows 1-2 of it are inside, column 0 fully, column 1 half
+    share = torch.tensor([0.0, 1.0, 1.0, 0.0])[:, None] * torch.tensor([1.0, 0.5, 0.0, 0.0])[None, :]
+    want = (1 - share) * f.stages[1] + share * f.stages[1][index]
+    assert torch.allclose(half, want.to(half.dtype))
+    assert torch.allclose(out.pooled, lam[:, None] * f.pooled + (1 - lam[:, None]) * f.pooled[index])
+
+
+def test_manifold_mixup_blends_only_what_lies_downstream_of_its_stage():
+    f, (x, y) = features(), batch(n=4)
+    res = manifold_mixup(x, y, rng(3), stages=[1])
+    out, lam = res.blend_features(f), res.lam.view(-1, 1, 1, 1)
+    assert torch.equal(out.stem, f.stem) and torch.equal(out.stages[0], f.stages[0])
+    assert torch.equal(out.preact[0], f.preact[0])
+    assert torch.allclose(out.stages[1], lam * f.stages[1] + (1 - lam) * f.stages[1][res.index])
+    assert not torch.equal(out.pooled, f.pooled)
 
 
 # --- identities and determinism -----------------------------------------------------------------

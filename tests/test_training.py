@@ -29,7 +29,7 @@ def test_resnet8_learns_in_one_epoch_on_2000_cifar100_images(cifar_root):
 
     before = train_loss()
     model.train()
-    for x, y in data.train_loader(64, torch.device("cpu"), seed=0):
+    for x, y, _ in data.train_loader(64, torch.device("cpu"), seed=0):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

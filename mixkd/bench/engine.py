@@ -64,8 +64,8 @@ def engine_throughput(teacher: torch.nn.Module, runs: list[RunConfig], data, eng
     synchronize(device)
     clock, images = time.perf_counter(), 0
     for _ in range(steps):
-        x, y = next(batches)
-        group.step(x, y, 1, len(loader))
+        x, y, index = next(batches)
+        group.step(x, y, index, 1, len(loader))
         images += len(y)
     synchronize(device)
     seconds = time.perf_counter() - clock

@@ -42,8 +42,8 @@ def _measure(name: str, make: Callable[[], Iterator], device: torch.device, batc
 
 
 def _epochs(loader: Iterable, device: torch.device):
-    """Batches of `loader` on `device`, epoch after epoch."""
-    for x, y in itertools.chain.from_iterable(itertools.repeat(loader)):
+    """Batches of `loader` on `device`, epoch after epoch (a training loader's sample indices dropped)."""
+    for x, y, *_ in itertools.chain.from_iterable(itertools.repeat(loader)):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 

@@ -31,8 +31,11 @@ class Dataset(Protocol):
     in_chans: int
     img_size: int
     num_train_images: int  # what an epoch goes through: images/s and the progress bar count them
+    train_targets: Tensor  # (num_train_images,) the training images' labels, by dataset index
 
-    def train_loader(self, batch_size: int, device: torch.device, seed: int) -> Iterable[tuple[Tensor, Tensor]]: ...
+    def train_loader(self, batch_size: int, device: torch.device,
+                     seed: int) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+        """Batches (x, y, index): index is each sample's position in the training set."""
 
     def eval_loader(self, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -65,9 +68,13 @@ class InMemoryDataset:
     def num_train_images(self) -> int:
         return len(self.train_y)
 
+    @property
+    def train_targets(self) -> Tensor:
+        return self.train_y
+
     def train_loader(self, batch_size: int, device: torch.device, seed: int) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
-                            shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed)
+                            shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed, indexed=True)
 
     def eval_loader(self, batch_size: int, device: torch.device) -> DeviceLoader:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)

@@ -29,9 +29,22 @@ class _ToDevice:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        for batch in self.loader:
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """A dataset whose items also say their index: (image, label, index)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
 
 
 class ImageFolderDataset:
@@ -58,6 +71,7 @@ class ImageFolderDataset:
                              f"(only in one: {', '.join(missing[:5])})")
         self.img_size, self.num_workers = img_size, num_workers
         self.num_classes, self.num_train_images = len(self.train.classes), len(self.train)
+        self.train_targets = torch.as_tensor(self.train.targets)
 
     def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None) -> _ToDevice:
         device = torch.device(device)
@@ -67,7 +81,7 @@ class ImageFolderDataset:
 
     def train_loader(self, batch_size: int, device, seed: int) -> _ToDevice:
         """Seeded shuffling; with num_workers > 0 the workers' augmentation seeds also derive from `seed`."""
-        return self._loader(self.train, batch_size, device, torch.Generator().manual_seed(seed))
+        return self._loader(_Indexed(self.train), batch_size, device, torch.Generator().manual_seed(seed))
 
     def eval_loader(self, batch_size: int, device) -> _ToDevice:
         return self._loader(self.val, batch_size, device, None)

@@ -55,7 +55,9 @@ def _one_thread():
 
 
 class DeviceLoader:
-    """Yields normalised float batches (x, y) on `device`; the same seed gives the same batches.
+    """Yields normalised float batches (x, y) on `device` — with `indexed`, (x, y, index): each sample's position
+    in the dataset, which methods with a memory of every image (CRD) key by; the same seed gives the same
+    batches.
 
     Augmentation draws, per sample and independently, a crop offset uniform over the (2p+1)² positions
     and a horizontal flip with probability 1/2, the distribution of torchvision's RandomCrop(padding=p)
@@ -65,11 +67,11 @@ class DeviceLoader:
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean, std, *, device="cpu",
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, indexed: bool = False):
         device = torch.device(device)
         images = images.to(device)
         self.labels = labels.to(device)
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.batch_size, self.shuffle, self.drop_last, self.indexed = batch_size, shuffle, drop_last, indexed
         self.crop_padding, self.flip = crop_padding, flip
         self.augment = bool(crop_padding or flip)
         self.image_shape = images.shape
@@ -94,7 +96,7 @@ class DeviceLoader:
         for idx in order.split(self.batch_size)[:len(self)]:
             with threads():
                 batch = self._batch(idx)
-            yield batch
+            yield (*batch, idx) if self.indexed else batch
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.source.index_select(0, self._window_starts(idx) if self.augment else idx)

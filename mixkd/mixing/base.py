@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.base import Features
 from ..registry import Registry
 
 # A mixer: (images, labels, generator, **params) → MixResult. `prob`, the chance a batch is mixed, is the
@@ -46,16 +48,39 @@ class MixResult:
         """What manifold mixup applies to the hidden state in front of `stage` (StagedNet's mix_fn)."""
         return self.interpolate(h)
 
-    def forward(self, net, x: Tensor) -> Tensor:
-        """`net`'s logits on this mixed batch; `x` is the clean batch, which manifold mixup starts from."""
-        if self.stage is not None:
-            return net(x, mix_at=self.stage, mix_fn=self.mix_hidden)
-        return net(self.x)
+    def blend(self, q: Tensor) -> Tensor:
+        """A clean batch's quantity `q` (logits, pooled features, a feature map) mixed the way the inputs were,
+        for a teacher that saw the clean batch while its student saw this mix: λ-blended across partners, or for
+        a pasted box, each cell of a map taking the partner's value in proportion to the box's share of it (the
+        mask average-pooled to the map's size: exact where the box lines up with the grid)."""
+        if self.mask is None or q.dim() != 4:
+            return self.interpolate(q)
+        m = F.adaptive_avg_pool2d(self.mask.to(torch.float32), q.shape[-2:]).to(q.dtype)
+        return (1 - m) * q + m * q[self.index]
 
-    def forward_student(self, net, x: Tensor) -> tuple[Tensor, "MixResult"]:
-        """The student's logits and the mix its targets come from; variants whose labels depend on
-        the student's forward (TransMix) return a relabelled mix."""
-        return self.forward(net, x), self
+    def blend_features(self, f: Features) -> Features:
+        """`blend` of every feature of a clean forward (`student` view). Under manifold mixup only what lies
+        downstream of the mixing point is mixed: the maps of stages from `stage` on, and the pooled vector."""
+        start = 0 if self.stage is None else self.stage
+
+        def maps(values: list[Tensor] | None) -> list[Tensor] | None:
+            return None if values is None else [self.blend(v) if i >= start else v for i, v in enumerate(values)]
+
+        stem = f.stem if f.stem is None or self.stage is not None else self.blend(f.stem)
+        return Features(maps(f.stages), self.blend(f.pooled), stem, maps(f.maps), maps(f.preact))
+
+    def forward(self, net, x: Tensor, taps: frozenset[str] | None = None):
+        """`net`'s logits on this mixed batch, and with `taps` its Features too (`(logits, features)`); `x` is the
+        clean batch, which manifold mixup starts from."""
+        features = {} if taps is None else {"return_features": True, "taps": taps}
+        if self.stage is not None:
+            return net(x, mix_at=self.stage, mix_fn=self.mix_hidden, **features)
+        return net(self.x, **features)
+
+    def forward_student(self, net, x: Tensor, taps: frozenset[str] | None = None) -> tuple[object, "MixResult"]:
+        """The student's logits (with `taps`, `(logits, features)`) and the mix its targets come from; variants
+        whose labels depend on the student's forward (TransMix) return a relabelled mix."""
+        return self.forward(net, x, taps), self
 
 
 def smooth_one_hot(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:

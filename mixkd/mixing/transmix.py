@@ -48,10 +48,11 @@ class TransMixResult(MixResult):
         lam = (self.lam + lam_attn.to(self.lam.dtype)) / 2
         return MixResult(**{**{f.name: getattr(self, f.name) for f in fields(MixResult)}, "lam": lam})
 
-    def forward_student(self, net: nn.Module, x: Tensor) -> tuple[Tensor, MixResult]:
+    def forward_student(self, net: nn.Module, x: Tensor,
+                        taps: frozenset[str] | None = None) -> tuple[object, MixResult]:
         with ClassAttention(net) as cap:
-            logits = self.forward(net, x)
-        return logits, self.relabel(cap.attention, cap.grid)
+            out = self.forward(net, x, taps)
+        return out, self.relabel(cap.attention, cap.grid)
 
 
 @MIXERS.register()
