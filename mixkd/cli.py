@@ -6,6 +6,7 @@ import argparse
 import inspect
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -144,13 +145,26 @@ def cmd_list(args) -> int:
         return 0
     registry = COMPONENTS[args.kind]
     for name in registry.names(args.pattern):
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
-        print(f"{name:<16} {doc[0] if doc else ''}")
+        summary = " ".join(inspect.cleandoc(registry.get(name).__doc__ or "").split("\n\n")[0].split())
+        print(textwrap.fill(summary, 110, initial_indent=f"{name:<16} ", subsequent_indent=" " * 17,
+                            break_on_hyphens=False) or name)
         params = [key if default is inspect.Parameter.empty else f"{key}={default!r}"
                   for key, default in component_defaults(registry, name).items()]
         if params:
             print(f"{'':<16} {'  '.join(params)}")
+        for line in _facts(registry.get(name)):
+            print(f"{'':<16} {line}")
     return 0
+
+
+def _facts(component) -> list[str]:
+    """What a study author needs beyond the parameters: the paper, and a feature method's taps and views."""
+    facts = [f"paper: {component.paper}"] if getattr(component, "paper", "") else []
+    if getattr(component, "taps", None):
+        facts.append(f"taps: {', '.join(sorted(component.taps))}")
+    if getattr(component, "views", None):
+        facts.append(f"mixed views: {', '.join(component.views)}")
+    return facts
 
 
 def cmd_bench(args) -> int:

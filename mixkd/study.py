@@ -27,8 +27,8 @@ from .mixing import MIXERS
 from .models import is_known_model, unknown_model_message
 from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
-from .study_checks import (check_fits, check_mixes_fit, check_model_args, training_images, try_loss,
-                           try_mixer, warn_of_repeats)
+from .study_checks import (check_fits, check_methods_fit, check_mixes_fit, check_model_args, training_images,
+                           try_loss, try_mixer, warn_of_repeats)
 
 # The components a study names, by the name `mixkd list` gives their kind
 COMPONENTS = {"datasets": DATASETS, "mixers": MIXERS, "losses": LOSSES, "schedules": SCHEDULES}
@@ -239,6 +239,7 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
         unique.setdefault(r.run_id, r)
     ordered = sorted(unique.values(), key=lambda r: ROLES.index(r.role))  # stable: teachers first
     check_mixes_fit(ordered, f.teachers, f.students, shape)
+    check_methods_fit(ordered, f.teachers, f.students, shape)
     warn_of_repeats(ordered, source)
     return Study(f.name, source, f, ordered, dataset, raw)
 

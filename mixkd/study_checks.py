@@ -20,7 +20,7 @@ import torch
 from .config import NO_MIX, Component, Mix, RunConfig, RunSpec
 from .data import DATASETS, MINIMUMS
 from .errors import ConfigError, MixkdError, StudyWarning
-from .losses import LOSSES
+from .losses import LOSSES, FeatureLoss, probe
 from .mixing import MIXERS, MODEL_NEEDS
 from .models import MODELS, TIMM_PREFIX, meta_model
 from .models.checkpoint import teacher_state
@@ -121,6 +121,43 @@ def check_mixes_fit(runs: list[RunSpec], teachers: dict, students: dict, shape: 
             except (ValueError, MixkdError) as e:
                 raise ConfigError(f"{where}.{name}.model",
                                   f"{spec.model} cannot take mix {mix.name!r}: {e}") from None
+
+
+def check_methods_fit(runs: list[RunSpec], teachers: dict, students: dict, shape: tuple[int, int, int]) -> None:
+    """Fail on a distillation method a run cannot use: a mixed view it is not defined for, features a model does
+    not expose (pre-activations, maps), or shapes it cannot pair (FSP's equal channels, FitNet's hint layer) —
+    checked on models built on the meta device, once per method, view and pair of architectures."""
+    models, checked = {}, set()
+    for r in runs:
+        run = r.run
+        cls = LOSSES.get(run.loss.name) if run.distill else None
+        if cls is None or not issubclass(cls, FeatureLoss):
+            continue
+        if run.distill.mixed_view not in cls.views:
+            raise ConfigError("grid.mixed_view", f"loss {run.loss.name!r} is defined for the views "
+                                                 f"{', '.join(cls.views)}; {_name(r)} asks for "
+                                                 f"{run.distill.mixed_view!r}")
+        pair = [(where, name, (teachers if where == "teachers" else students)[name])
+                for where, name in (("students", r.names.name), ("teachers", r.names.teacher))]
+        key = (run.loss, *[(spec.model, json.dumps(spec.model_args, sort_keys=True)) for _, _, spec in pair])
+        if key in checked:
+            continue
+        checked.add(key)
+        loss = LOSSES.get(run.loss.name)(**run.loss.kwargs())
+        found = []
+        for where, name, spec in pair:
+            model = models.setdefault(key[1 if where == "students" else 2],
+                                      meta_model(spec.model, spec.model_args, shape))
+            try:
+                found.append(probe(model, (shape[1], shape[2], shape[2]), loss.taps, "meta"))
+            except NotImplementedError as e:
+                raise ConfigError(f"{where}.{name}.model", f"loss {run.loss.name!r} needs what {spec.model} does "
+                                                           f"not expose: {e}") from None
+        try:
+            loss.check(*found)
+        except ValueError as e:
+            raise ConfigError("grid.loss", f"loss {run.loss.name!r} cannot distil {pair[1][2].model} into "
+                                           f"{pair[0][2].model}: {e}") from None
 
 
 def _mixed_models(r: RunSpec) -> list[tuple[str, str, bool]]:
