@@ -81,17 +81,22 @@ def natural(text) -> tuple:
 def component_label(frame: pd.DataFrame, prefix: str) -> pd.Series:
     """A component's name plus the parameters telling apart variants of that name within `frame`, e.g. 'mixup'
     when there is one mixup, 'pmu' and 'pmu(reference_sampling)' when two PMUs differ in that flag, or
-    'mixup(alpha=0.2)' and 'mixup(alpha=1)'. A true flag is named, a false one left out."""
+    'mixup(alpha=0.2)' and 'mixup(alpha=1)'. A true flag is always named (it changes what the method is:
+    `kd(standardise)` is logit-standardised KD even where it is the only KD), a false or unset one never."""
     params = [c for c in frame.columns if c.startswith(f"{prefix}_") and kind(c) == "config"]
+
+    def true(value) -> bool:  # a flag's value, as read from a table (a bool, or its text)
+        return (isinstance(value, (bool, np.bool_)) and bool(value)) or (isinstance(value, str) and value == "True")
 
     def param(column: str, value) -> str:
         name = column[len(prefix) + 1:]
         if isinstance(value, (bool, np.bool_)) or value in ("True", "False"):
-            return name if value in (True, "True") else ""
-        return f"{name}={fmt(value)}"
+            return name if true(value) else ""
+        return "" if pd.isna(value) else f"{name}={fmt(value)}"
 
     def label(name, group: pd.DataFrame) -> pd.Series:
-        vary = varying(group, params)
+        differ = varying(group, params)
+        vary = [c for c in params if c in differ or group[c].map(true).all()]
         if not vary:
             return pd.Series(fmt(name), index=group.index, dtype=object)
         parts = group[vary].apply(lambda r: ",".join(p for c in vary if (p := param(c, r[c]))), axis=1)

@@ -226,7 +226,8 @@ class RunConfig:
 
     @property
     def epochs(self) -> int:
-        return self.recipe.epochs if self.recipe else 0
+        """The epochs the run trains and logs: its method's pre-training stage (`init_epochs`), then its recipe's."""
+        return self.recipe.epochs + self.loss.params.get("init_epochs", 0) if self.recipe else 0
 
     @property
     def eval_batch_size(self) -> int:

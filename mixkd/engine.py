@@ -134,9 +134,8 @@ def lockstep_key(spec: RunSpec) -> str | None:
     run = spec.run
     if run.imported:
         return None
-    epochs = run.recipe.epochs + run.loss.params.get("init_epochs", 0)
     shared = {"teacher": run.teacher, "dataset": run.dataset.as_dict(), "mix": run.mix.as_dict(),
-              "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": epochs}
+              "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": run.epochs}
     return json.dumps(shared, sort_keys=True)
 
 

@@ -124,6 +124,8 @@ def resolve_component(registry: Registry, spec: Any, path: str) -> dict:
             raise ConfigError(f"{path}.{key}", f"is required by {registry.kind} {name!r}")
         else:
             value = _plain(p.default)
+        if value is False and p.default is None:  # a flag added later as `bool | None = None` (off, and unset
+            value = None                          # so no id changed): `false` says the same, so it is one run
         if value is not None or p.default is not None:  # an optional parameter left unset stays out: so adding
             resolved[key] = value                        # one to a component changes no run id
     unknown = [k for k in spec if k != "name" and k not in params and k not in registry.settings]

@@ -82,8 +82,14 @@ def try_mixer(mix: Mix, path: str) -> None:
 
 
 def try_loss(loss: Component, path: str) -> None:
+    """Build the loss: its parameters' ranges are its own business. A ValueError naming a parameter ("beta
+    must be ≥ 0, ...") points at that parameter's field."""
     try:
-        LOSSES.get(loss.name)(**loss.kwargs())  # its parameters' ranges are the loss's own business
+        LOSSES.get(loss.name)(**loss.kwargs())
+    except ValueError as e:
+        name = str(e).split(" ", 1)[0]
+        field = f"{path}.{name}" if name in loss.kwargs() else path
+        raise ConfigError(field, f"loss {loss.name!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - whatever it raises, it is about these parameters
         raise ConfigError(path, f"loss {loss.name!r} rejects its parameters: {type(e).__name__}: {e}") \
             from None

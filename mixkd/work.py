@@ -38,7 +38,7 @@ def describe(spec: RunSpec) -> str:
     if d is None:
         return f"scratch {name} mix={run.mix.name} seed={run.seed}"
     return (f"{spec.names.teacher}→{name} mix={run.mix.name} T={d.temperature:g} view={d.mixed_view} "
-            f"seed={run.seed}")
+            f"loss={d.loss.name} seed={run.seed}")
 
 
 def progress_line(spec: RunSpec, summary: dict) -> str:

@@ -197,3 +197,12 @@ def test_a_method_that_cannot_run_is_one_line_when_the_study_is_read(change, say
     with pytest.raises(ConfigError) as e:
         parse_study(study)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_second_run_of_a_finished_zoo_trains_nothing(trained, capsys):
+    """Runs with a pre-training stage log more epochs than their recipe's: still complete, never retrained."""
+    path, out = trained
+    summaries = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+    assert run(path, out) == 0
+    assert "trained 0," in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")} == summaries

@@ -292,6 +292,13 @@ def test_same_study_gives_the_same_ids(tmp_path):
     assert ids(load_study(path)) == ids(load_study(path)) == ids(parse_study(study()))
 
 
+def test_an_optional_flag_written_false_is_the_same_run_as_unset():
+    """`standardise` came after `kd` (default None: unset, off, so no id changed); `false` says the same."""
+    unset, off = (ids(parse_study(with_grid(loss=[loss]))) for loss in ("kd", {"name": "kd", "standardise": False}))
+    assert unset == off
+    assert unset != ids(parse_study(with_grid(loss=[{"name": "kd", "standardise": True}])))
+
+
 def _reversed_keys(value):
     if isinstance(value, dict):
         return {k: _reversed_keys(v) for k, v in reversed(list(value.items()))}
@@ -511,10 +518,16 @@ BAD = [  # (how to break the study, the field path, what the message must also s
      ["mixer 'mixup' rejects its parameters", "alpha must be > 0"]),
     (lambda r: r["teachers"]["t2"].update(mix={"name": "cutmix", "alpha": -1}), "teachers.t2.mix",
      ["alpha must be > 0"]),
-    (lambda r: r["grid"].update(loss=[{"name": "kd", "ce_weight": -0.1}]), "grid.loss[0]",
-     ["loss 'kd' rejects its parameters", "ce_weight must be ≥ 0, got -0.1"]),
-    (lambda r: r.update(include=[{"loss": {"name": "dkd", "beta": -8}}]), "include[0].loss",
+    (lambda r: r["grid"].update(loss=[{"name": "kd", "ce_weight": -0.1}]), "grid.loss[0].ce_weight",
+     ["loss 'kd': ce_weight must be ≥ 0, got -0.1"]),
+    (lambda r: r.update(include=[{"loss": {"name": "dkd", "beta": -8}}]), "include[0].loss.beta",
      ["beta must be ≥ 0"]),
+    (lambda r: r["grid"].update(loss=[{"name": "crd", "nce_temperature": 0}]), "grid.loss[0].nce_temperature",
+     ["loss 'crd': nce_temperature must be > 0, got 0"]),
+    (lambda r: r["grid"].update(loss=[{"name": "crd", "momentum": 2}]), "grid.loss[0].momentum",
+     ["momentum must be in [0, 1]"]),
+    (lambda r: r["grid"].update(loss=[{"name": "vid", "initial_variance": 0}]), "grid.loss[0].initial_variance",
+     ["must be > 0"]),
     (lambda r: r["grid"].update(mix=["transmix"]), "students.s1.model",
      ["cnn_tiny cannot take mix 'transmix'", "TransMix needs a ViT student with a class token"]),
     (lambda r: r["grid"].update(mix=[{"name": "manifold_mixup", "stages": [0, 9]}]), "students.s1.model",
@@ -537,7 +550,8 @@ BAD_IDS = ["top-level-key", "recipe-key", "mixed-view", "model", "model-teacher"
            "mix-name-list", "dataset-name-list", "student-model-list", "num-classes", "train-size", "val-size",
            "cifar-train-size", "cifar-train-size-batch", "batch-size", "student-batch-size", "student-repeated",
            "student-name-repeated", "exclude-teacher",
-           "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "transmix-no-cls-token",
+           "alpha-zero", "teacher-alpha", "loss-weight", "include-loss-weight", "crd-nce-temperature",
+           "crd-momentum", "vid-variance", "transmix-no-cls-token",
            "manifold-stage", "manifold-stage-teacher", "name-up", "name-absolute", "name-dot", "name-empty"]
 
 

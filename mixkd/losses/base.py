@@ -48,6 +48,13 @@ def non_negative(**weights: float) -> None:
             raise ValueError(f"{name} must be ≥ 0, got {value!r}")
 
 
+def positive(**values: float) -> None:
+    """Sizes, temperatures and variances a method divides by or builds from: zero would break it mid-run."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy against a distribution; equals F.cross_entropy for one-hot targets."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import functional as fl
-from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative
+from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative, positive
 from .parts import ContrastMemory, Embed
 
 
@@ -34,7 +34,10 @@ class CRD(FeatureLoss):
                  beta: float = 0.8, negatives: int = 16384, dim: int = 128, nce_temperature: float = 0.07,
                  momentum: float = 0.5):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, negatives=negatives, dim=dim, nce_temperature=nce_temperature, momentum=momentum)
+        non_negative(beta=beta)
+        positive(negatives=negatives, dim=dim, nce_temperature=nce_temperature)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         self.beta, self.negatives, self.dim = beta, negatives, dim
         self.nce_temperature, self.momentum = nce_temperature, momentum
 

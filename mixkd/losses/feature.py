@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..models.base import Features
 from . import functional as fl
-from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative
+from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative, positive
 from .parts import ConvReg, OFDConnector, Paraphraser, ReviewFusion, Translator, VIDRegressor
 
 
@@ -69,7 +69,8 @@ class AT(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 1000.0, p: float = 2.0):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, p=p)
+        non_negative(beta=beta)
+        positive(p=p)
         self.beta, self.p = beta, p
 
     def distill(self, inp: LossInputs) -> dict[str, Tensor]:
@@ -106,7 +107,8 @@ class VID(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 1.0, initial_variance: float = 5.0):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, initial_variance=initial_variance)
+        non_negative(beta=beta)
+        positive(initial_variance=initial_variance)
         self.beta, self.initial_variance = beta, initial_variance
 
     def build(self, student: Shapes, teacher: Shapes, context: BuildContext) -> None:
@@ -132,7 +134,8 @@ class KDSVD(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 1.0, k: int = 1, layout: str = "ch_w"):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, k=k)
+        non_negative(beta=beta)
+        positive(k=k)
         if layout not in ("ch_w", "hw_c"):
             raise ValueError(f"layout must be ch_w or hw_c, got {layout!r}")
         self.beta, self.k, self.layout = beta, k, layout
@@ -155,7 +158,8 @@ class OFD(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 0.001, kernel_size: int = 1):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, kernel_size=kernel_size)
+        non_negative(beta=beta)
+        positive(kernel_size=kernel_size)
         self.beta, self.kernel_size = beta, kernel_size
 
     def build(self, student: Shapes, teacher: Shapes, context: BuildContext) -> None:
@@ -223,7 +227,8 @@ class FT(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 200.0, rate: float = 0.5, init_epochs: int = 30):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, rate=rate, init_epochs=init_epochs)
+        non_negative(beta=beta, init_epochs=init_epochs)
+        positive(rate=rate)
         self.beta, self.rate, self._init_epochs = beta, rate, init_epochs
 
     @property

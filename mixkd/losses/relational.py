@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import functional as fl
-from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative
+from .base import LOSSES, BuildContext, FeatureLoss, LossInputs, Shapes, non_negative, positive
 from .parts import Embed
 
 
@@ -41,7 +41,8 @@ class CC(FeatureLoss):
     def __init__(self, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 0.0,
                  beta: float = 0.02, dim: int = 128):
         super().__init__(temperature, ce_weight, kd_weight)
-        non_negative(beta=beta, dim=dim)
+        non_negative(beta=beta)
+        positive(dim=dim)
         self.beta, self.dim = beta, dim
 
     def build(self, student: Shapes, teacher: Shapes, context: BuildContext) -> None:
