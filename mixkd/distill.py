@@ -82,21 +82,36 @@ class Distiller(nn.Module):
             self.teacher.eval()  # BatchNorm statistics of the teacher never move
         return self
 
+    @property
+    def taps(self) -> frozenset[str] | None:
+        """What the method reads of a forward beyond logits (None: logits alone)."""
+        return self.loss.taps if isinstance(self.loss, FeatureLoss) else None
+
     def forward_train(self, x: Tensor, y: Tensor, mix: MixResult, epoch: int,
                       teacher_out: "TeacherForward | None" = None, index: Tensor | None = None,
                       pretraining: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """`teacher_out` lets runs trained in lockstep share one teacher forward per batch; alone, the
         distiller makes its own. `pretraining`: a method's own pre-training stage (`FeatureLoss.init_epochs`),
         on the clean batch."""
-        loss, v = self.loss, self.view
-        taps = loss.taps if isinstance(loss, FeatureLoss) else None
+        v, taps = self.view, self.taps
         if pretraining:
             v, mix = VIEWS["none"], identity(x, y)
         if v.student_mixed:
             out, mix = mix.forward_student(self.student, x, taps)  # TransMix relabels from the student's attention
-            targets = mix.soft_targets(self.num_classes, self.label_smoothing)
         else:
             out = self.student(x) if taps is None else self.student(x, return_features=True, taps=taps)
+        return self.losses(out, x, y, mix, epoch, teacher_out, index, pretraining)
+
+    def losses(self, out, x: Tensor, y: Tensor, mix: MixResult, epoch: int,
+               teacher_out: "TeacherForward | None" = None, index: Tensor | None = None,
+               pretraining: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss parts of the student's output `out` (logits, or with taps `(logits, Features)`) on what its
+        view shows it of the batch `x` mixed by `mix`: apart from the forward, so that fused lockstep
+        (`mixkd.fuse`) can run many students' forwards as one."""
+        loss, v, taps = self.loss, VIEWS["none"] if pretraining else self.view, self.taps
+        if v.student_mixed:
+            targets = mix.soft_targets(self.num_classes, self.label_smoothing)
+        else:
             targets = smooth_one_hot(y, self.num_classes, self.label_smoothing)
         logits, student = (out, None) if taps is None else (out[0], in_fp32(out[1]))
         logits = logits.float()  # losses in fp32 whatever the autocast precision
