@@ -35,7 +35,7 @@ _NAMED = {
     **dict.fromkeys(("status", "error", "top1_best", "best_epoch", "eval_split", "distiller_params"), "result"),
     **dict.fromkeys((f"{m}_last" for m in METRICS), "result"),
     **dict.fromkeys(("started_at", "finished_at", "wall_seconds", "train_seconds", "images_per_s"), "timing"),
-    **dict.fromkeys(("resumed_from_epoch", "lockstep_size"), "execution"),
+    **dict.fromkeys(("resumed_from_epoch", "lockstep_size", "fused_size"), "execution"),
     **dict.fromkeys(environment(torch.device("cpu")), "provenance"),
 }
 _PREFIXES = {**{f"{c}_": "config" for c in COMPONENTS}, "engine_": "execution"}

@@ -45,6 +45,9 @@ class Engine:
     optimizer: Literal["auto", "fused", "foreach", "loop"] = "auto"  # SGD kernel: one fused launch, or per tensor
     compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False  # reduce-overhead: CUDA graphs
     lockstep: int = 8  # most runs trained together, sharing batches, mixes and teacher forwards; 1: one by one
+    # students of one architecture in a lockstep group trained as one fused model (`mixkd.fuse`). auto: off,
+    # until `mixkd bench` has measured fusion faster on a device (on 2 CPU cores it is 0.5-0.8x unfused)
+    fuse: Literal["auto", True, False] = "auto"
     # CPU threads of a run. Fixed, not one per core: threads split reductions, and their order changes the
     # last bits, so a run's numbers would depend on the machine and the executor. --workers fills the cores.
     cpu_threads: int = 1
@@ -57,7 +60,7 @@ class Engine:
                 "optimizer": "fused" if cuda else "loop"}
         pick = {k: auto[k] if getattr(self, k) == "auto" else getattr(self, k) for k in auto}
         return DeviceEngine(device, pick["precision"], pick["channels_last"], pick["optimizer"], self.compile,
-                            self.lockstep, self.cpu_threads)
+                            self.lockstep, self.cpu_threads, self.fuse not in ("auto", False))
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class DeviceEngine:
     compile: str | bool
     lockstep: int
     cpu_threads: int
+    fuse: bool = False
 
     def claim_threads(self) -> None:
         """Set this process's torch thread count for the runs about to train (CPU only)."""
@@ -123,6 +127,7 @@ class DeviceEngine:
         """The settings as summary fields: scalars, so they become runs.csv columns."""
         return {"engine_precision": self.precision, "engine_channels_last": self.channels_last,
                 "engine_optimizer": self.optimizer, "engine_compile": str(self.compile or "off"),
+                "engine_fuse": self.fuse,
                 "engine_cpu_threads": self.cpu_threads if self.device.type == "cpu" else None}
 
 

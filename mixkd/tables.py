@@ -27,7 +27,7 @@ RUN_COLUMNS = ["run_id", "variant_id", "variant", "study", "role", "name", "mode
                "top1_last", "top1_best", "train_seconds"]
 SUMMARY_SKIP = {"run_id", "traceback"}
 # integers that a run without a recipe (a checkpoint teacher) or a failed run leaves empty: kept integers
-INTEGER_COLUMNS = ("seed", "epochs", "batch_size", "eval_batch_size", "best_epoch", "lockstep_size",
+INTEGER_COLUMNS = ("seed", "epochs", "batch_size", "eval_batch_size", "best_epoch", "lockstep_size", "fused_size",
                    "resumed_from_epoch")
 
 

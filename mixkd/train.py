@@ -25,6 +25,7 @@ from .config import RunConfig
 from .distill import Distiller, TeacherForward
 from .engine import DeviceEngine
 from .errors import NoSpaceLeft
+from .fuse import FusedStudents, fuse
 from .losses import FeatureLoss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
@@ -116,6 +117,7 @@ class Member:
             if self.init_epochs else None
         self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
         self.resumed_from, self.shared_rng = 0, None
+        self.fused = 1  # the most runs this one was fused with (itself included): 1, never fused
         self.epoch_sums: dict[str, Tensor] = {}  # loss parts × images, on the device until the epoch ends
 
     def resume(self) -> None:
@@ -166,12 +168,10 @@ class Member:
         """One optimisation step; the loss parts are summed on the device and read once per epoch. In a method's
         pre-training epochs, its own loss on the clean batch at a constant learning rate; then the run's, on its
         schedule counted from the end of pre-training."""
-        r, pretraining = self.recipe, epoch <= self.init_epochs
+        pretraining = epoch <= self.init_epochs
         optimizer = self.init_optimizer if pretraining else self.optimizer
         if not pretraining:
-            step = self.progress.step - self.init_epochs * steps
-            for group in optimizer.param_groups:
-                group["lr"] = r.lr * lr_factor(r.schedule, step, steps, r.epochs, r.warmup_epochs)
+            self.schedule_lr(steps)
         with self.own_rng(), self.engine.autocast():
             _, parts = self.distiller.forward_train(x, y, mix, epoch - self.init_epochs, teacher_out, index,
                                                     pretraining)
@@ -179,8 +179,21 @@ class Member:
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        self.tally(parts, total, len(y))
+
+    def schedule_lr(self, steps: int) -> float:
+        """Set the lr of the run's next step from its schedule, counted from the end of pre-training."""
+        r = self.recipe
+        step = self.progress.step - self.init_epochs * steps
+        lr = r.lr * lr_factor(r.schedule, step, steps, r.epochs, r.warmup_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def tally(self, parts: dict[str, Tensor], total: Tensor, images: int) -> None:
+        """Add a step's loss parts to the epoch's sums (on the device) and count the step."""
         for name, value in {**parts, "loss": total}.items():
-            value = value.detach() * len(y)
+            value = value.detach() * images
             self.epoch_sums[name] = self.epoch_sums[name] + value if name in self.epoch_sums else value
         self.progress.step += 1
 
@@ -216,7 +229,7 @@ class Member:
                 "distiller_params": parts,
                 "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
-                "lockstep_size": group_size, **self.engine.record()}
+                "lockstep_size": group_size, "fused_size": self.fused, **self.engine.record()}
 
 
 class Lockstep:
@@ -227,6 +240,7 @@ class Lockstep:
                  engine: DeviceEngine, loader=None):
         self.members, self.mixer, self.rng, self.teacher, self.engine = members, mixer, rng, teacher, engine
         self.loader = loader
+        self.blocks: list[FusedStudents] = []  # this epoch's fused members (`engine.fuse`)
 
     @classmethod
     def of(cls, members: list[Member], data, engine: DeviceEngine, teacher: nn.Module | None) -> "Lockstep":
@@ -244,12 +258,58 @@ class Lockstep:
     def live(self) -> list[Member]:
         return [m for m in self.members if m.error is None]
 
+    def begin_epoch(self) -> None:
+        """Put the members in training mode and, with `engine.fuse`, fuse those that can be for the epoch."""
+        for m in self.live:
+            m.distiller.train()
+        if self.engine.fuse:
+            self.blocks, _ = fuse(self.live, self.mixer)
+        for block in self.blocks:
+            for m in block.members:
+                m.fused = max(m.fused, len(block.members))
+
+    def end_epoch(self) -> None:
+        """Write the fused members' state back into their own models and optimizers."""
+        for block in self.blocks:
+            block.unfuse()
+        self.blocks = []
+
     def step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, steps: int) -> None:
         x = self.engine.layout(x)
         mix = self.mixer(x, y, self.rng)
         teacher_out = TeacherForward(self.teacher, x, mix, self.taps) if self.teacher is not None else None
+        fused = {id(m) for block in self.blocks for m in block.members}
+        for block in self.blocks:
+            self.step_fused(block, x, y, index, mix, teacher_out, epoch, steps)
         for m in self.live:
-            m.guarded(m.step, x, y, index, mix, teacher_out, epoch, steps)
+            if id(m) not in fused:
+                m.guarded(m.step, x, y, index, mix, teacher_out, epoch, steps)
+
+    def step_fused(self, block: FusedStudents, x: Tensor, y: Tensor, index: Tensor, mix, teacher_out,
+                   epoch: int, steps: int) -> None:
+        """One step of a fused block: one forward, each member's own loss, one backward, one SGD step. An
+        error fails every member of the block (their step is one)."""
+        members = block.members
+        if any(m.error is not None for m in members):
+            return
+        try:
+            lrs = [m.schedule_lr(steps) for m in members]
+            with self.engine.autocast():
+                logits = block.forward([mix.x if m.run.view.student_mixed else x for m in members])
+                parts = [m.distiller.losses(logits[i], x, y, mix, epoch, teacher_out, index)[1]
+                         for i, m in enumerate(members)]
+            totals = [sum(p.values()) for p in parts]
+            sum(totals).backward()
+            block.step(lrs)
+        except STOPS_THE_STUDY:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
+            traceback.clear_frames(e.__traceback__)
+            for m in members:
+                m.error = e
+            return
+        for m, p, total in zip(members, parts, totals):
+            m.tally(p, total, len(y))
 
     @property
     def taps(self) -> frozenset[str] | None:
@@ -303,11 +363,11 @@ def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
                disable=None, dynamic_ncols=True)
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
-        for m in group.live:
-            m.distiller.train()
+        group.begin_epoch()
         for x, y, index in loader:
             group.step(x, y, index, epoch, len(loader))
             bar.update(len(y))
+        group.end_epoch()
         engine.synchronize()  # the epoch's queued GPU work belongs to its time, not to its evaluation's
         seconds = time.perf_counter() - clock
         shared = shared_rng_states(loader, rng)
