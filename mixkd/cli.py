@@ -171,9 +171,15 @@ def cmd_bench(args) -> int:
     from .engine import resolve_device
 
     root = args.data_root or os.environ.get("MIXKD_DATA_ROOT")
-    if not root:
-        raise MixkdError(f"bench {args.what}: needs the CIFAR-100 files; pass --data-root or set MIXKD_DATA_ROOT")
     device = resolve_device(args.device)
+    if args.what == "device-check":
+        from .bench.device_check import device_check
+
+        report = device_check(args.out or "out/device-check", device, root, args.quick)
+        return 0 if all(report[part]["ok"] for part in ("tests", "bench", "train")) else 1
+    if not root and not (args.synthetic and args.what == "engine"):
+        raise MixkdError(f"bench {args.what}: needs the CIFAR-100 files; pass --data-root or set MIXKD_DATA_ROOT"
+                         + (" (or --synthetic: random images of their shape)" if args.what == "engine" else ""))
     if args.what == "loader":
         from .bench.loader import bench_loader, print_loader_bench
 
@@ -186,7 +192,7 @@ def cmd_bench(args) -> int:
     pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else PAIRS
     print(f"mixkd bench: {len(pairs)} pairs × (reference, engine, lockstep {', '.join(map(str, args.lockstep))}); "
           f"{steps} timed steps of 64 after {warmup} warm-up on {device}", flush=True)
-    rows = bench_engine(root, device, pairs, tuple(args.lockstep), steps, warmup, args.workers,
+    rows = bench_engine(root or None, device, pairs, tuple(args.lockstep), steps, warmup, args.workers,
                         Engine(compile=args.compile), log=lambda line: print(line, flush=True))
     print_engine_bench(rows)
     if args.json:
@@ -249,12 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--num-classes", type=int, default=100)
     lst.set_defaults(fn=cmd_list)
     bench = sub.add_parser("bench", help="measure throughput against a reference pipeline in the same process")
-    bench.add_argument("what", nargs="?", choices=["engine", "loader"], default="engine",
-                       help="engine (default): RepDistiller-style KD loop vs mixkd's engine, single and lockstep; "
-                            "loader: torchvision DataLoader vs device loader")
+    bench.add_argument("what", nargs="?", choices=["engine", "loader", "device-check"], default="engine",
+                       help="engine (default): RepDistiller-style KD loop vs mixkd's engine, single, lockstep and "
+                            "fused; loader: torchvision DataLoader vs device loader; device-check: the CUDA tests, "
+                            "the engine bench and a fused training, JSON under --out (a GPU session's first call)")
     bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     bench.add_argument("--data-root", help="CIFAR-100 root (default: $MIXKD_DATA_ROOT)")
-    bench.add_argument("--quick", action="store_true", help="engine: 3 timed steps each (a CPU smoke run)")
+    bench.add_argument("--quick", action="store_true",
+                       help="engine: 3 timed steps each; device-check: toy sizes (a CPU smoke run)")
+    bench.add_argument("--synthetic", action="store_true",
+                       help="engine: random images of CIFAR-100's shape when no root is given (speed alone)")
+    bench.add_argument("--out", help="device-check: where its JSON goes (default out/device-check)")
     bench.add_argument("--steps", type=positive_int, help="engine: timed steps per configuration (default 100)")
     bench.add_argument("--pairs", nargs="+", type=model_pair, metavar="T:S",
                        help="engine: teacher:student pairs (default resnet56:resnet20 wrn_40_2:wrn_16_2 "

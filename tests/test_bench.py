@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pandas as pd
@@ -100,9 +101,12 @@ def test_bench_engine_prints_and_writes_one_object_per_configuration(cifar_root,
     assert main(["bench", "--quick", "--steps", "1", "--pairs", "resnet8:resnet8", "--lockstep", "2", "--workers", "0",
                  "--device", "cpu", "--data-root", str(cifar_root), "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "reference" in out and "engine lockstep 2" in out and "lower bound" in out
+    assert "reference" in out and "engine lockstep 2" in out and "engine fused 2" in out and "lower bound" in out
     rows = pd.read_json(path)
-    assert list(rows["mode"]) == ["reference", "engine", "engine lockstep 2"]
+    assert list(rows["mode"]) == ["reference", "engine", "engine lockstep 2", "engine fused 2"]
+    assert list(rows["engine_fuse"]) == [False, False, False, True]
+    fused, unfused = rows.loc[3, "images_per_s"], rows.loc[2, "images_per_s"]
+    assert rows.loc[3, "ratio_to_lockstep"] == pytest.approx(fused / unfused)
     assert {"pair", "mode", "device", "images_per_s", "ratio_to_reference", "projected_run_s",
             "lower_bound_s", "torch", "date", "command"} <= set(rows.columns)
     assert rows.loc[0, "ratio_to_reference"] == 1.0 and (rows["images_per_s"] > 0).all()
@@ -118,3 +122,26 @@ def test_bench_rejects_an_unknown_model_in_a_pair(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--pairs", "resnet56:resnet2O"])
     assert "resnet20" in capsys.readouterr().err
+
+
+def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """`mixkd bench device-check --quick`: the one call a GPU session makes first, at toy sizes, so it cannot
+    rot: its three parts succeed and write what a device call brings back (six files, one folder)."""
+    from mixkd.cli import main
+
+    assert main(["bench", "device-check", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.txt", "device-check.json",
+                                                          "tests.txt", "train-epochs.csv", "train-runs.csv"]
+    report = json.loads((tmp_path / "device-check.json").read_text())
+    assert all(report[part]["ok"] for part in ("tests", "bench", "train")) and report["device"] == "cpu"
+    assert report["train"]["fused_size"] == 8 and report["train"]["runs"] == 9
+    assert "engine fused 2" in (tmp_path / "bench.txt").read_text()
+    assert {"torch", "date", "command"} <= report.keys()
+
+
+def test_bench_without_data_needs_a_root_or_synthetic(capsys, monkeypatch):
+    from mixkd.cli import main
+
+    monkeypatch.delenv("MIXKD_DATA_ROOT", raising=False)
+    assert main(["bench", "--device", "cpu"]) == 2
+    assert "--synthetic" in capsys.readouterr().err

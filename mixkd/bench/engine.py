@@ -14,6 +14,7 @@ per-epoch evaluation adds a forward over the test set.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import platform
@@ -55,6 +56,7 @@ def engine_throughput(teacher: torch.nn.Module, runs: list[RunConfig], data, eng
     for m in members:
         m.distiller.train()
     group = Lockstep.of(members, data, engine, teacher)
+    group.begin_epoch()  # fuses the students where `engine.fuse` says so
     loader = group.loader
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
@@ -76,10 +78,14 @@ def engine_throughput(teacher: torch.nn.Module, runs: list[RunConfig], data, eng
             "images_per_s": images * len(members) / seconds}
 
 
-def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, lockstep=(4, 8), steps: int = 100,
-                 warmup: int = 10, workers: int | None = None, engine: Engine | None = None, log=print) -> list[dict]:
-    """One row per (pair, mode): reference, engine single, engine lockstep N."""
-    data = create_dataset("cifar100", data_root)
+def bench_engine(data_root: str | Path | None, device: torch.device, pairs=PAIRS, lockstep=(4, 8),
+                 steps: int = 100, warmup: int = 10, workers: int | None = None, engine: Engine | None = None,
+                 log=print, synthetic_images: int = 50_000) -> list[dict]:
+    """One row per (pair, mode): reference, engine single, engine lockstep N and engine fused N (the same N
+    students trained as one fused model, `mixkd.fuse`)."""
+    # without a root, random images of CIFAR-100's shape (`synthetic_images` of them): speed alone
+    data = create_dataset("cifar100", data_root) if data_root is not None else create_dataset(
+        "synthetic", num_classes=100, train_size=synthetic_images, test_size=64, img_size=32)
     device_engine = (engine or Engine()).resolve(device)
     peak = matmul_peak(device)
     rows = []
@@ -89,6 +95,7 @@ def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, locks
                                device=device)
         pair = f"{t_name}->{s_name}"
         common = {"pair": pair, "device": _device_name(device), "batch_size": 64, "peak_flops": peak,
+                  "data": "cifar100" if data_root is not None else "random images of CIFAR-100's shape",
                   **device_engine.record(), **environment()}
 
         def row(mode: str, runs: int, measured: dict, ref_rate: float) -> dict:
@@ -101,12 +108,16 @@ def bench_engine(data_root: str | Path, device: torch.device, pairs=PAIRS, locks
                     "setup_s": measured["setup_s"]}
 
         ref = reference_throughput(teacher, create_model(s_name, num_classes=100), data_root, device, steps, warmup,
-                                   workers=workers)
+                                   workers=workers, synthetic_images=synthetic_images)
         rows.append(row("reference", 1, ref, ref["images_per_s"]))
-        for n in (1, *lockstep):
-            measured = engine_throughput(frozen_teacher(copy.deepcopy(teacher), device_engine),
-                                         _student_runs(t_name, s_name, n), data, device_engine, steps, warmup)
-            rows.append(row("engine" if n == 1 else f"engine lockstep {n}", n, measured, ref["images_per_s"]))
+        fused_engine = dataclasses.replace(device_engine, fuse=True)
+        for n, engine_n in [(1, device_engine), *((n, e) for n in lockstep for e in (device_engine, fused_engine))]:
+            measured = engine_throughput(frozen_teacher(copy.deepcopy(teacher), engine_n),
+                                         _student_runs(t_name, s_name, n), data, engine_n, steps, warmup)
+            mode = "engine" if n == 1 else f"engine {'fused' if engine_n.fuse else 'lockstep'} {n}"
+            rows.append({**row(mode, n, measured, ref["images_per_s"]), **engine_n.record()})
+            if engine_n.fuse:  # the same N students unfused: the row before
+                rows[-1]["ratio_to_lockstep"] = measured["images_per_s"] / rows[-2]["images_per_s"]
     return rows
 
 
@@ -124,11 +135,12 @@ def environment() -> dict:
 
 def format_engine_bench(rows: list[dict]) -> str:
     lines = [f"{'pair':<24}{'mode':<18}{'images/s':>10}{'× ref':>8}{'240-ep run':>12}{'lower bound':>13}"
-             f"{'of bound':>10}"]
+             f"{'of bound':>10}{'fused/lockstep':>16}"]
     for r in rows:
+        fused = f"{r['ratio_to_lockstep']:>15.2f}×" if "ratio_to_lockstep" in r else ""
         lines.append(f"{r['pair']:<24}{r['mode']:<18}{r['images_per_s']:>10.0f}{r['ratio_to_reference']:>7.1f}×"
                      f"{_duration(r['projected_run_s']):>12}{_duration(r['lower_bound_s']):>13}"
-                     f"{r['lower_bound_s'] / r['projected_run_s']:>10.1%}")
+                     f"{r['lower_bound_s'] / r['projected_run_s']:>10.1%}{fused}")
     first = rows[0]
     lines.append(f"device: {first['device']}; measured matmul peak {first['peak_flops'] / 1e12:.2f} TFLOP/s; engine: "
                  f"{first['engine_precision']}, channels_last={first['engine_channels_last']}, "

@@ -20,7 +20,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -63,18 +65,39 @@ def _kd_div(logit_s: torch.Tensor, logit_t: torch.Tensor, T: float = KD_T) -> to
     return kl * T ** 2 / logit_s.shape[0]
 
 
-def _train_set(data_root: str | Path):
-    """torchvision CIFAR100 yielding (image, target, index), like RepDistiller's CIFAR100Instance."""
+def _train_set(data_root: str | Path | None, synthetic_images: int = 50_000):
+    """torchvision CIFAR100 yielding (image, target, index), like RepDistiller's CIFAR100Instance; without a
+    root, random images of its shape through the same per-image pipeline (for speed alone)."""
     import torchvision
     from torchvision import transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(CIFAR100_MEAN, CIFAR100_STD)])
+    if data_root is None:
+        return _RandomCifar(transform, synthetic_images)
 
     class Instance(torchvision.datasets.CIFAR100):
         def __getitem__(self, index):
             return (*super().__getitem__(index), index)
 
-    return Instance(str(data_root), train=True, download=False, transform=T.Compose([
-        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-        T.Normalize(CIFAR100_MEAN, CIFAR100_STD)]))
+    return Instance(str(data_root), train=True, download=False, transform=transform)
+
+
+class _RandomCifar(torch.utils.data.Dataset):
+    """`n` random 32×32 RGB images and labels of 100 classes, each through `transform` from a PIL image, as
+    torchvision's CIFAR100 serves its own."""
+
+    def __init__(self, transform, n: int):
+        rng = np.random.default_rng(0)
+        self.data = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        self.targets = rng.integers(0, 100, n).tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index], index
 
 
 def _epochs(loader):
@@ -82,9 +105,9 @@ def _epochs(loader):
     return itertools.chain.from_iterable(itertools.repeat(loader))
 
 
-def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str | Path,
+def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str | Path | None,
                          device: str | torch.device, steps: int, warmup: int = 2, batch_size: int = 64,
-                         workers: int | None = None) -> dict:
+                         workers: int | None = None, synthetic_images: int = 50_000) -> dict:
     """Images/s of `steps` RepDistiller KD steps, after `warmup` untimed ones (worker start-up included).
 
     `workers` defaults to RepDistiller's 8, capped at the CPU count; 0 loads in this process. The
@@ -100,8 +123,8 @@ def reference_throughput(teacher: nn.Module, student: nn.Module, data_root: str 
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda or benchmark  # train_student.py turns it on with CUDA
     start = time.perf_counter()
-    loader = torch.utils.data.DataLoader(_train_set(data_root), batch_size=batch_size, shuffle=True,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(_train_set(data_root, synthetic_images), batch_size=batch_size,
+                                         shuffle=True, num_workers=workers)
     student.to(device).train()
     teacher.to(device).eval()
     # the optimizer sees the student only: RepDistiller appends the teacher after building it
