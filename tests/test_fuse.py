@@ -167,3 +167,12 @@ def test_a_member_whose_loss_diverges_fails_alone(tmp_path):
     want = pd.read_csv(tmp_path / "calm" / "runs.csv").set_index("run_id")["top1_last"]
     got = runs.set_index("run_id").loc[want.index, "top1_last"]
     pd.testing.assert_series_equal(got, want, check_exact=False, atol=1e-4)
+
+
+def test_worker_processes_give_the_fused_tables_of_one_process(tmp_path):
+    """The groups, hence the fused blocks, do not depend on the executor: `--workers 2` gives equal tables."""
+    path = write(tmp_path, fused_study("w"))
+    assert run(path, tmp_path / "one") == 0 and run(path, tmp_path / "two", "--workers", "2") == 0
+    for (name, got), want in zip(comparable_tables(tmp_path / "two").items(),
+                                 comparable_tables(tmp_path / "one").values()):
+        pd.testing.assert_frame_equal(got, want, obj=name)
