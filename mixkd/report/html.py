@@ -106,7 +106,7 @@ def _best(board: pd.DataFrame) -> str:
                    for r in board[board["rank"] == 1].itertuples())
     return ("<h3>Best variant of each pair</h3><table class=sortable><thead><tr><th>teacher</th>"
             "<th>student</th><th>setting</th><th class=num>top-1 %</th>"
-            "<th class=num>Δ vs KD w/o mixing (pts)</th>"
+            "<th class=num>Δ vs no mixing, same loss (pts)</th>"
             f"<th class=num>Δ vs scratch (pts)</th></tr></thead><tbody>{rows}</tbody></table>"
             "<h3>All variants</h3>")
 
@@ -114,7 +114,7 @@ def _best(board: pd.DataFrame) -> str:
 def _leaderboard(board: pd.DataFrame) -> str:
     if board.empty:
         return "<p class=muted>No distilled student has finished yet.</p>"
-    head = ["teacher", "student", "rank", "setting", "n", "top-1 %", "95% CI", "Δ vs KD w/o mixing (pts)",
+    head = ["teacher", "student", "rank", "setting", "n", "top-1 %", "95% CI", "Δ vs no mixing, same loss (pts)",
             "Δ vs scratch (pts)", "teacher %", "scratch %", "ECE"]
     numeric = {"rank", "n", "top-1 %", "teacher %", "scratch %", "ECE"}
     rows = []

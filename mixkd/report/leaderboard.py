@@ -86,7 +86,7 @@ def head(board: pd.DataFrame, per_pair: int = 3, pairs: int = 10) -> str:
         for r in rows.head(per_pair).itertuples():
             ci = f"[{_pct(r.top1_ci_low)}, {_pct(r.top1_ci_high)}]" if np.isfinite(r.top1_ci_low) else ""
             lines.append(f"  {r.rank:>3}. {r.setting[:60]:<{width}}  {_pct(r.top1)} {ci:<16} n={r.n}  "
-                         f"vs KD w/o mixing {_delta(r.delta_vs_kd, r.delta_vs_kd_verdict)}; "
+                         f"vs no mixing (same loss) {_delta(r.delta_vs_kd, r.delta_vs_kd_verdict)}; "
                          f"vs scratch {_delta(r.delta_vs_scratch, r.delta_vs_scratch_verdict)}")
     if len(groups) > pairs:
         lines.append(f"... and {len(groups) - pairs} more pairs")

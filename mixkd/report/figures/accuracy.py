@@ -138,9 +138,10 @@ def accuracy_by_mix(data: pd.DataFrame) -> list:
 # ---- MIX-KD's heatmap: teacher × student per view, mix and temperature -------------------------------------
 
 def _heatmap_data(tables: Tables) -> pd.DataFrame:
-    """Each distilled variant's cell, with its panel's `slot` on its page: a row of panels per setting (mix ·
-    view · loss) and a column per temperature, so T = 1 and T = 4 of one setting sit side by side (panels flow
-    in turn where the temperatures are too many for one row)."""
+    """Each distilled variant's cell, with its panel's `slot` on its page: a block of panels per setting (mix ·
+    view · loss), a column per temperature, so T = 1 and T = 4 of one setting sit side by side, and as many
+    settings side by side as the page's width takes (panels flow in turn where the temperatures are too many
+    for one row)."""
     kd = summary_rows(tables, METRIC, ("student",))
     if kd.empty:
         return EMPTY
@@ -150,10 +151,13 @@ def _heatmap_data(tables: Tables) -> pd.DataFrame:
                    series=kd["teacher"], hue=kd["student"])
     temps, settings = sorted(kd["temperature"].unique()), list(dict.fromkeys(setting))
     size = _heatmap_size(kd)
-    ncols = len(temps) if len(temps) * size[0] <= MAX_SIDE else max(1, int(MAX_SIDE // size[0]))
-    if ncols == len(temps):
-        slot = setting.map(settings.index) * ncols + kd["temperature"].map(temps.index)
+    across = int(MAX_SIDE // (len(temps) * size[0]))  # settings side by side
+    if across >= 1:
+        across = min(across, len(settings))
+        ncols, index = across * len(temps), setting.map(settings.index)
+        slot = index // across * ncols + index % across * len(temps) + kd["temperature"].map(temps.index)
     else:
+        ncols = max(1, int(MAX_SIDE // size[0]))
         slot = kd["panel"].map({p: i for i, p in enumerate(dict.fromkeys(kd["panel"]))})
     per_page = ncols * max(1, int((MAX_SIDE - HEADER) // size[1]))
     kd = kd.assign(page=slot // per_page + 1, slot=slot % per_page, ncols=ncols).sort_values(["page", "slot"])
@@ -284,7 +288,7 @@ def accuracy_vs_temperature(data: pd.DataFrame) -> list:
             ax.set_ylim(accuracy_range(100 * mine[["mean", "ci_low", "ci_high"]].to_numpy(float).ravel()))
             ax.set(xlabel="KD temperature T", ylabel="top-1 (%)")
         set_titles(fig, axes, panels)
-        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"], marker="o", ms=3)
+        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"])
                    for s in series]
         handles += [Line2D([], [], color="grey", ls="--"), Line2D([], [], color="grey", ls=":")]
         legend_below(fig, handles, legend)

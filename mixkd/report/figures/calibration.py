@@ -90,9 +90,8 @@ def reliability(data: pd.DataFrame) -> list:
             ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
             ax.set_aspect("equal")
         set_titles(fig, axes, panels)
-        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"],
-                          marker="o", ms=2.5)
-                   for s in legend]
+        # no marker on the swatches: over a short dashed line it hides the gaps that tell the views apart
+        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"]) for s in legend]
         legend_below(fig, handles, legend)
         pages.append(finish(fig))
     return pages

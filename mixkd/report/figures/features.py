@@ -20,16 +20,17 @@ VIEW_RANK = {"both": 0, "student": 1, "teacher": 2, "none": 3}
 
 def mapped_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs to map, one per group: each teacher; each student from scratch per mix; per pair and mix the
-    distilled student at the highest temperature, preferring the view 'both', then the first loss; each at
-    its lowest mapped seed."""
+    distilled student at the highest temperature, preferring the view 'both', then Hinton's `kd` (the loss
+    every study compares against), else the first loss by name; each at its lowest mapped seed."""
     runs = labelled(runs)
     kd = runs[runs["role"] == "student"]
     picks = pd.concat([runs[runs["role"] != "student"], kd[kd["temperature"] == kd["temperature"].max()]])
     picks = picks.assign(role_rank=picks["role"].map(["teacher", "scratch", "student"].index),
                          view_rank=picks["mixed_view"].map(VIEW_RANK).fillna(3), mixed=picks["mix"] != "none",
+                         not_kd=picks["loss"] != "kd",
                          name_key=picks["name"].map(natural), teacher_key=picks["teacher"].map(natural))
     picks = picks.sort_values(["role_rank", "name_key", "teacher_key", "mixed", "mix_label", "view_rank",
-                               "loss_label", "seed"], kind="stable")
+                               "not_kd", "loss_label", "seed"], kind="stable")
     return picks.drop_duplicates(["role", "name", "teacher", "mix_label"])
 
 

@@ -144,7 +144,7 @@ def legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
     if not handles:
         return
     ncol, _ = legend_shape(labels, fig.get_figwidth())
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False, handlelength=3)
 
 
 def accuracy_range(values) -> tuple[float, float]:
