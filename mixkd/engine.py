@@ -46,7 +46,7 @@ class Engine:
     compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False  # reduce-overhead: CUDA graphs
     lockstep: int = 8  # most runs trained together, sharing batches, mixes and teacher forwards; 1: one by one
     # students of one architecture in a lockstep group trained as one fused model (`mixkd.fuse`). auto: off,
-    # until `mixkd bench` has measured fusion faster on a device (on 2 CPU cores it is 0.5-0.8x unfused)
+    # until `mixkd bench` has measured fusion faster on a device (2 CPU cores: 0.47-0.86x unfused)
     fuse: Literal["auto", True, False] = "auto"
     # CPU threads of a run. Fixed, not one per core: threads split reductions, and their order changes the
     # last bits, so a run's numbers would depend on the machine and the executor. --workers fills the cores.
