@@ -126,12 +126,13 @@ def test_bench_rejects_an_unknown_model_in_a_pair(capsys):
 
 def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
     """`mixkd bench device-check --quick`: the one call a GPU session makes first, at toy sizes, so it cannot
-    rot: its three parts succeed and write what a device call brings back (six files, one folder)."""
+    rot: its three parts succeed and write what a device call brings back (seven files, one folder)."""
     from mixkd.cli import main
 
     assert main(["bench", "device-check", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.txt", "device-check.json",
-                                                          "tests.txt", "train-epochs.csv", "train-runs.csv"]
+                                                          "tests.txt", "train-epochs.csv", "train-runs.csv",
+                                                          "train.txt"]
     report = json.loads((tmp_path / "device-check.json").read_text())
     assert all(report[part]["ok"] for part in ("tests", "bench", "train")) and report["device"] == "cpu"
     assert report["train"]["fused_size"] == 8 and report["train"]["runs"] == 9

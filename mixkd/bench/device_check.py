@@ -35,8 +35,9 @@ QUICK = {"pairs": (("resnet8", "resnet8"),), "lockstep": (2,), "steps": 1, "warm
 def device_check(out: str | Path, device: torch.device, data_root: str | None = None, quick: bool = False,
                  log=print) -> dict:
     """Run the three parts (each on its own: one failing does not stop the others); return and write
-    `out/device-check.json`. The bench table also goes to `bench.json` and `bench.txt`, the training's runs
-    and epochs to `train-runs.csv` and `train-epochs.csv`: six files, one folder, as a device call returns."""
+    `out/device-check.json`. The bench table also goes to `bench.json` and `bench.txt`, the tests' and the
+    training's output to `tests.txt` and `train.txt`, its runs and epochs to `train-runs.csv` and
+    `train-epochs.csv`: seven files, one folder, as a device call brings back at most eight."""
     size, out = QUICK if quick else FULL, Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": str(device), "quick": quick, "data": data_root or "random images of CIFAR-100's shape",
@@ -79,10 +80,8 @@ def _bench(out: Path, device: torch.device, data_root: str | None, size: dict) -
 
 
 def _train(out: Path, device: torch.device, data_root: str | None, size: dict) -> dict:
-    """A teacher and 8 students (T = 1..8) in one fused lockstep group, through `mixkd run` (on 10,000 training
-    images: a few minutes of a GPU, not a result)."""
-    from ..cli import main
-
+    """A teacher and 8 students (T = 1..8) in one fused lockstep group, through `mixkd run` in a process of its
+    own (on 10,000 training images: a few minutes of a GPU, not a result)."""
     dataset = ({"name": "cifar100", "train_size": size["train_size"]} if data_root else
                {"name": "synthetic", "num_classes": 100, "img_size": 32, "train_size": size["train_size"],
                 "test_size": size["test_size"]})
@@ -95,8 +94,11 @@ def _train(out: Path, device: torch.device, data_root: str | None, size: dict) -
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "study.yaml"  # JSON is YAML
         path.write_text(json.dumps(study))
-        args = ["run", str(path), "--out", str(Path(tmp) / "out"), "--device", device.type]
-        status = main([*args, "--data-root", data_root] if data_root else args)
+        args = [sys.executable, "-m", "mixkd", "run", str(path), "--out", str(Path(tmp) / "out"),
+                "--device", device.type, *(["--data-root", data_root] if data_root else [])]
+        done = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+        (out / "train.txt").write_text(done.stdout[-20_000:] + done.stderr[-5_000:])
+        status = done.returncode
         runs = pd.read_csv(Path(tmp) / "out" / "runs.csv")
         runs.to_csv(out / "train-runs.csv", index=False)
         pd.read_parquet(Path(tmp) / "out" / "epochs.parquet").to_csv(out / "train-epochs.csv", index=False)
