@@ -46,11 +46,19 @@ def _load(args):
     return study, out
 
 
-def _overview(study, out):
+def _overview(study, out, only: frozenset[str] | None = None):
     from .tables import runs_table
 
     cols = ["run_id", "role", "variant", "seed", "status", "top1_last"]
-    return runs_table(study, out).reindex(columns=cols)
+    table = runs_table(study, out).reindex(columns=cols)
+    return table if only is None else table[table["run_id"].isin(only)]
+
+
+def _only(args, study) -> frozenset[str] | None:
+    """The run ids `--only` selects (with the teachers they need), or None: the whole study."""
+    from .slices import parse_only, select
+
+    return select(study, parse_only(args.only, study)) if args.only else None
 
 
 def cmd_run(args) -> int:
@@ -61,15 +69,17 @@ def cmd_run(args) -> int:
     from .work import Job
 
     study, out = _load(args)
+    only = _only(args, study)
     if args.dry_run:
-        table = _overview(study, out)
+        table = _overview(study, out, only)
         print(table.drop(columns=["top1_last"]).to_string(index=False))
         counts = table["role"].value_counts().reindex(ROLES).fillna(0).astype(int)
-        print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())}); "
+        print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())})"
+              f"{f' of the {len(study.runs)} in the study' if only is not None else ''}; "
               f"{int((table['status'] != 'complete').sum())} to train; output {out}")
         return 0
     job = Job(study, out, device=args.device, data_root=args.data_root or os.environ.get("MIXKD_DATA_ROOT"),
-              retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every)
+              retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every, only=only)
     check_writable(out)
     write_record(study, out)  # before any run: the folder knows its study even if this run is cut short
     trained = run_study(job, args.executor, args.workers, args.address)
@@ -95,8 +105,14 @@ def _report(study, out):
 
 
 def cmd_ls(args) -> int:
+    from .slices import orphans
+
     study, out = _load(args)
-    print(_overview(study, out).to_string(index=False))
+    print(_overview(study, out, _only(args, study)).to_string(index=False))
+    left = orphans(study, out)
+    if left:
+        print(f"{len(left)} orphaned: run folders in {out / 'runs'} that {study.name} does not name (an earlier "
+              f"version of it?), kept: {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}")
     return 0
 
 
@@ -242,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="ray: the cluster to join, e.g. auto (default: start a local Ray instance)")
     r.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
                    help="save a resumable checkpoint every N epochs (default 1); not part of any run id")
-    study_cmd("ls", cmd_ls, "the expanded grid with each run's status")
+    ls = study_cmd("ls", cmd_ls, "the expanded grid with each run's status, and run folders it does not name")
+    for command in (r, ls):
+        command.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",
+                             help="only the matching runs (and the teachers they need); repeat to narrow: "
+                                  "role, teacher, student, mix, loss, view, temperature, seed, run_id")
     study_cmd("report", cmd_report, "rebuild tables and figures from the run directories")
     cmp = sub.add_parser("compare", help="check that two output folders of a study hold the same numbers")
     cmp.add_argument("a", help="an output folder (e.g. out/quickstart)")

@@ -92,7 +92,8 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     check_writable(job.out)
     check_saved_configs(job.study, job.out)
     reopen_damaged(job.study, job.out)
-    todo = pending_runs(job.study, job.out, job.retry_failed)
+    todo = [r for r in pending_runs(job.study, job.out, job.retry_failed)
+            if job.only is None or r.run_id in job.only]  # a slice (`--only`): its runs alone
     ctx = RunContext(job)
     groups = lockstep_groups(todo, ctx.engine.lockstep)
     # checks the options, with or without work to do, and starts nothing yet; closed however this ends, so

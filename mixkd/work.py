@@ -62,6 +62,7 @@ class Job:
     data_root: str | None = None
     retry_failed: bool = False
     checkpoint_every: int = 1
+    only: frozenset[str] | None = None  # the run ids of a slice (`--only`); None: the whole study
     key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one RunContext per job and process
 
 
