@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .mixing import Mixer, MixResult
+from .mixing.base import on_device
 
 
 def stochastic(model: nn.Module) -> bool:
@@ -41,7 +42,8 @@ def fuse_key(member, plain_mix: bool) -> str | None:
     """Members with equal keys can be fused (None: this one cannot): the same architecture and arguments, a
     plain student forward (no feature method, no pre-training stage, no compiled wrapper, nothing random, and
     in a mixed view a mix that is just its images: `plain_mix`)."""
-    if member.parts is not None or member.distiller.student is not member.model or stochastic(member.model):
+    if not member.fusable or member.parts is not None or member.distiller.student is not member.model \
+            or stochastic(member.model):
         return None
     if member.run.view.student_mixed and not plain_mix:
         return None
@@ -78,6 +80,7 @@ class FusedStudents:
         self.nesterov = per_member([float(r.nesterov) for r in recipes]).bool()
         self.velocity = {k: torch.stack([_momentum_buffer(m, k, p) for m in members])
                          for k, p in self.params.items()}
+        self.steps = 0  # taken: before the first, the members' own models still hold their state
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         """(N, B, K) logits of member i on `inputs[i]` (one shared tensor is broadcast, not copied)."""
@@ -91,17 +94,22 @@ class FusedStudents:
 
     @torch.no_grad()
     def step(self, lrs: list[float]) -> None:
-        """torch.optim.SGD's update (dampening 0) on every member at once, with its hyperparameters."""
+        """torch.optim.SGD's update (dampening 0) on every member at once, with its hyperparameters. The step's
+        lrs reach the device in one non-blocking copy: a copy per tensor from pageable memory would make the
+        host wait for the GPU's queue every step."""
+        like = next(iter(self.params.values()))
+        step_lrs = on_device(np.asarray(lrs, dtype=np.float64), like)
         for key, p in self.params.items():
             grad = p.grad
             expand = (-1,) + (1,) * (p.dim() - 1)
-            lr, mom = torch.tensor(lrs, dtype=p.dtype, device=p.device).view(expand), self.momentum.view(expand)
+            lr, mom = step_lrs.view(expand).to(p.dtype), self.momentum.view(expand)
             d = grad + self.weight_decay.view(expand).to(p.dtype) * p
             v = self.velocity[key]
             v.mul_(mom.to(v.dtype)).add_(d)
             d = torch.where(self.nesterov.view(expand), d + mom.to(d.dtype) * v, v)
             p.sub_(lr * d)
             p.grad = None
+        self.steps += 1
 
     @torch.no_grad()
     def unfuse(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -118,6 +119,7 @@ class Member:
         self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
         self.resumed_from, self.shared_rng = 0, None
         self.fused = 1  # the most runs this one was fused with (itself included): 1, never fused
+        self.fusable = True  # False once a fused step of its architecture failed: unfused from then on
         self.epoch_sums: dict[str, Tensor] = {}  # loss parts × images, on the device until the epoch ends
 
     def resume(self) -> None:
@@ -305,11 +307,24 @@ class Lockstep:
             raise
         except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
             traceback.clear_frames(e.__traceback__)
+            if block.steps == 0:  # fusion itself failed (an op vmap cannot batch, say): its members' own models
+                self.unfuse_for_good(block, e)  # are as the epoch began, so they take this step unfused
+                for m in members:
+                    m.guarded(m.step, x, y, index, mix, teacher_out, epoch, steps)
+                return
             for m in members:
                 m.error = e
             return
         for m, p, total in zip(members, parts, totals):
             m.tally(p, total, len(y))
+
+    def unfuse_for_good(self, block: FusedStudents, error: Exception) -> None:
+        """Train `block`'s members unfused from now on, and say why once."""
+        self.blocks.remove(block)
+        for m in block.members:
+            m.fused, m.fusable = 1, False
+        warnings.warn(f"{len(block.members)} runs of {block.members[0].run.model} could not be fused and train "
+                      f"unfused: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
 
     @property
     def taps(self) -> frozenset[str] | None:

@@ -16,7 +16,7 @@ from mixkd.build import build_model
 from mixkd.compare import comparable_tables
 from mixkd.data import create_dataset
 from mixkd.engine import Engine
-from mixkd.fuse import plain_mixer, stochastic
+from mixkd.fuse import FusedStudents, plain_mixer, stochastic
 from mixkd.mixing import Mixer
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
@@ -176,3 +176,21 @@ def test_worker_processes_give_the_fused_tables_of_one_process(tmp_path):
     for (name, got), want in zip(comparable_tables(tmp_path / "two").items(),
                                  comparable_tables(tmp_path / "one").values()):
         pd.testing.assert_frame_equal(got, want, obj=name)
+
+
+def test_a_block_whose_first_fused_step_fails_trains_unfused_bit_for_bit(monkeypatch):
+    """Fusion itself failing (an op vmap cannot batch, say) is no run's failure: its members train unfused, as
+    they would have without fusion, and a warning says so once."""
+    study = grid_study(temperature=[4], loss=["kd"], mixed_view=["both"])
+    apart = train(study, False)
+
+    def cannot(self, inputs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(FusedStudents, "forward", cannot)
+    with pytest.warns(RuntimeWarning, match="could not be fused and train unfused: RuntimeError: no batching"):
+        fused = train(study, True)
+    for a, b in zip(apart, fused):
+        assert b.error is None and b.fused == 1
+        for (key, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            assert torch.equal(x, y), key
