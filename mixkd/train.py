@@ -367,6 +367,29 @@ def _member(run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | Non
         return Unbuilt(e)
 
 
+HEARTBEAT_SECONDS = 30.0
+
+
+class Heartbeat:
+    """Where no progress bar is drawn (a Slurm or CI log), a line every `HEARTBEAT_SECONDS` while a group
+    trains: a log is never silent for minutes. Rates count student images, as the bar does."""
+
+    def __init__(self, desc: str, total: int, done: int):
+        self.desc, self.total, self.done = desc, total, done
+        self.start = self.last = time.monotonic()
+        self.first = done
+
+    def update(self, images: int, epoch: int, epochs: int) -> None:
+        self.done += images
+        now = time.monotonic()
+        if now - self.last < HEARTBEAT_SECONDS:
+            return
+        self.last = now
+        rate = (self.done - self.first) / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        print(f"  {self.desc}: epoch {epoch}/{epochs}, {rate:.0f} img/s, ETA {eta / 60:.1f} min", flush=True)
+
+
 def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
     members, engine, loader, rng = group.members, group.engine, group.loader, group.rng
     sizes = {m.recipe.eval_batch_size for m in members}
@@ -376,12 +399,15 @@ def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
         desc = f"{desc} +{len(members) - 1} in lockstep"
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,
                disable=None, dynamic_ncols=True)
+    beat = Heartbeat(desc, epochs * n, start * n) if bar.disable else None  # a log, not a terminal
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
         group.begin_epoch()
         for x, y, index in loader:
             group.step(x, y, index, epoch, len(loader))
             bar.update(len(y))
+            if beat is not None:
+                beat.update(len(y), epoch, epochs)
         group.end_epoch()
         engine.synchronize()  # the epoch's queued GPU work belongs to its time, not to its evaluation's
         seconds = time.perf_counter() - clock

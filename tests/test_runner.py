@@ -175,6 +175,20 @@ def test_progress_lines_name_students_by_their_name(tmp_path, capsys):
     assert " scratch small mix=none seed=0: top1 " in out and " t→small mix=none T=4 " in out
 
 
+def test_a_log_that_is_no_terminal_hears_from_a_training_group_regularly(tmp_path, capsys, monkeypatch):
+    """No progress bar in a log (Slurm, CI): a line per group every HEARTBEAT_SECONDS instead (here: every
+    batch), with the epoch, the images/s and the group's ETA."""
+    import mixkd.train
+
+    monkeypatch.setattr(mixkd.train, "HEARTBEAT_SECONDS", 0.0)
+    study = {**TINY, "teachers": {"t": {"model": "cnn_small"}}, "students": [{"model": "cnn_tiny", "name": "small"}],
+             "grid": {"mix": ["none"], "seeds": [0]}, "recipe": {**TINY["recipe"], "epochs": 2}}
+    assert run(write(tmp_path, study), tmp_path / "out") == 0
+    beats = [line for line in capsys.readouterr().out.splitlines() if " img/s, ETA " in line]
+    assert any(line.startswith("  t→small mix=none T=4 ") and ": epoch 2/2, " in line for line in beats)
+    assert any(line.startswith("  teacher t mix=none") and ": epoch 1/2, " in line for line in beats)
+
+
 @pytest.mark.cifar
 def test_a_cifar_study_on_a_training_subset_runs_quickly(cifar_root, tmp_path):
     study = {**TINY, "dataset": {"name": "cifar100", "train_size": 500, "val_size": 100},
