@@ -29,7 +29,7 @@ FULL = {"pairs": (("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2"), ("resnet32
         "lockstep": (8,), "steps": 50, "warmup": 10, "images": 50_000, "teacher": "resnet56",
         "student": "resnet20", "epochs": 2, "train_size": 10_000, "test_size": 10_000}
 QUICK = {"pairs": (("resnet8", "resnet8"),), "lockstep": (2,), "steps": 1, "warmup": 1, "images": 256,
-         "teacher": "resnet14", "student": "resnet8", "epochs": 1, "train_size": 128, "test_size": 64}
+         "teacher": "resnet8", "student": "resnet8", "epochs": 1, "train_size": 64, "test_size": 32}
 
 
 def device_check(out: str | Path, device: torch.device, data_root: str | None = None, quick: bool = False,
