@@ -315,6 +315,21 @@ def test_the_paper_grid_splits_figures_into_pages_and_pools_nothing_but_seeds(pa
     assert len(heat[1]) == 1 and heat[0]["page"].max() > 1  # one page asked, all pages' numbers returned
 
 
+@pytest.mark.parametrize("figure", ["accuracy_vs_temperature", "accuracy_by_mix"])
+def test_each_panel_draws_its_own_teacher_and_student_from_scratch(paper, figure):
+    """The references are the panel's own: its teacher, its student from scratch, once each (a panel once
+    took the one before's scratch line, leaving that panel without one)."""
+    tables = read_tables(paper)
+    data, _ = render(figure, tables)
+    refs = data[data["kind"].isin(["teacher", "scratch"])]
+    assert (refs.groupby(["panel", "kind"]).size() == 1).all()
+    assert set(refs.loc[refs["kind"] == "scratch", "panel"]) == set(data.loc[data["kind"] == "distilled", "panel"])
+    names = tables.variants.set_index("variant_id")["name"]
+    for panel, rows in refs.groupby("panel"):
+        teacher, student = panel.split(" ")[0].split("→")
+        assert set(rows["variant_id"].map(names)) == {teacher, student}, panel
+
+
 @pytest.mark.parametrize("done", ["teachers and scratch", "nothing"])
 def test_figures_draw_what_has_finished_and_nothing_else(grid, tmp_path, done):
     finished = {"teachers and scratch": ("teacher", "scratch"), "nothing": ()}[done]

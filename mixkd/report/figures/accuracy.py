@@ -31,14 +31,14 @@ def _references(tables: Tables, panels: pd.DataFrame, mixes: bool = True) -> pd.
     out = []
     for panel, rows in panels.groupby("panel", sort=False):
         teacher, student = rows["teacher"].iloc[0], rows["student"].iloc[0]
-        out.append(teachers[teachers["name"] == teacher].assign(kind="teacher", series="teacher"))
         mine = scratch[scratch["name"] == student]
-        out.append(mine[mine["mix"] == "none"].assign(kind="scratch", series="from scratch"))
+        refs = [teachers[teachers["name"] == teacher].assign(kind="teacher", series="teacher"),
+                mine[mine["mix"] == "none"].assign(kind="scratch", series="from scratch")]
         if mixes:
             used = set(rows["mix_label"]) - {"none"}
-            out.append(mine[mine["mix_label"].isin(used)].assign(kind="scratch + mix",
-                                                                 series=lambda f: f["mix_label"]))
-        out[-3:] = [o.assign(panel=panel) for o in out[-3:]]
+            refs.append(mine[mine["mix_label"].isin(used)].assign(kind="scratch + mix",
+                                                                  series=lambda f: f["mix_label"]))
+        out += [r.assign(panel=panel) for r in refs]  # this panel's own: none taken from the one before
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
