@@ -12,6 +12,20 @@ from .base import LOSSES, LossInputs, kd_kl, non_negative, soft_cross_entropy
 from .functional import dist_relations, standardise
 
 
+class Standardisable:
+    """What KD, DKD and DIST share: the `standardise` option (z-scored logits, Sun et al., CVPR 2024) applied to
+    both nets' logits, and the teacher's probabilities at the run's temperature."""
+
+    temperature: float
+    standardise: bool
+
+    def logits(self, z: Tensor) -> Tensor:
+        return standardise(z) if self.standardise else z
+
+    def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
+        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
+
+
 class CE:
     """Plain (mixed-)label cross-entropy: teachers and students trained from scratch."""
 
@@ -27,7 +41,7 @@ class CE:
         return {"ce": soft_cross_entropy(inp.student_logits, inp.targets)}
 
 
-class KD:
+class KD(Standardisable):
     """Hinton KD: ce_weight·CE(labels) + kd_weight·T²·KL(teacher ‖ student) (RepDistiller's 0.1 / 0.9).
 
     `standardise`: logit standardisation (Sun et al., CVPR 2024; their CIFAR-100 setting: T 2, kd_weight 9,
@@ -44,12 +58,6 @@ class KD:
         non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
         self.standardise = bool(standardise)
-
-    def logits(self, z: Tensor) -> Tensor:
-        return standardise(z) if self.standardise else z
-
-    def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
-        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
 
     def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
         return {"ce": self.ce_weight * soft_cross_entropy(inp.student_logits, inp.targets),
@@ -119,7 +127,7 @@ def dkd_terms(student_logits: Tensor, teacher_probs: Tensor, target: Tensor, tem
 
 
 @LOSSES.register("dkd")
-class DKD:
+class DKD(Standardisable):
     """Decoupled KD (Zhao et al. CVPR 2022), as mdistiller's DKD, from teacher probabilities.
 
     ce_weight·CE + w·T²·(alpha·TCKD + beta·NCKD) with w = min(epoch / warmup, 1) (warm-up scales the
@@ -138,12 +146,6 @@ class DKD:
             temperature, ce_weight, alpha, beta, warmup)
         self.standardise = bool(standardise)  # DKD on z-scored logits (Sun et al., CVPR 2024), as `kd`'s
 
-    def logits(self, z: Tensor) -> Tensor:
-        return standardise(z) if self.standardise else z
-
-    def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
-        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
-
     def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
         m, t = inp.mix, self.temperature
         lam = m.lam.to(inp.student_logits.dtype)
@@ -157,7 +159,7 @@ class DKD:
 
 
 @LOSSES.register("dist")
-class DIST:
+class DIST(Standardisable):
     """DIST (Huang et al., NeurIPS 2022; hunto/image_classification_sota `dist_kd.py`): ce_weight·CE +
     kd_weight·τ²·(β·(1 − inter-class Pearson) + γ·(1 − intra-class Pearson)) of softmax(z / τ). Defaults are
     the reference's CIFAR-100 setting (τ 4, β = γ = 1, CE 1, kd_weight 2). `standardise` z-scores both nets'
@@ -172,12 +174,6 @@ class DIST:
         self.temperature, self.ce_weight, self.kd_weight, self.beta, self.gamma = (
             temperature, ce_weight, kd_weight, beta, gamma)
         self.standardise = bool(standardise)
-
-    def logits(self, z: Tensor) -> Tensor:
-        return standardise(z) if self.standardise else z
-
-    def teacher_probs(self, teacher_logits: Tensor) -> Tensor:
-        return F.softmax(self.logits(teacher_logits) / self.temperature, dim=1)
 
     def __call__(self, inp: LossInputs) -> dict[str, Tensor]:
         t = self.temperature
