@@ -82,13 +82,32 @@ def cmd_run(args) -> int:
               retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every, only=only)
     check_writable(out)
     write_record(study, out)  # before any run: the folder knows its study even if this run is cut short
-    trained = run_study(job, args.executor, args.workers, args.address)
+    trained = run_study(job, args.executor, _executor_options(args))
     runs = _report(study, out)
     failed = int((runs["status"] == "failed").sum())
     print(f"{study.name}: trained {len(trained)}, {int((runs['status'] == 'complete').sum())}/{len(runs)} complete"
           f"{f', {failed} failed (mixkd ls shows them; --retry-failed reruns them)' if failed else ''}; "
           f"tables in {out}")
     return 1 if failed else 0
+
+
+def _executor_options(args):
+    from .executors import ExecutorOptions, SlurmOptions
+
+    extra = []
+    for term in args.slurm or []:
+        key, sep, value = term.partition("=")
+        if not sep or not key:
+            raise MixkdError(f"--slurm {term}: expected KEY=VALUE, an sbatch option, e.g. --slurm account=mylab")
+        extra.append((key, value))
+    if args.gpus_per_node is not None and args.gpus_per_node < 0:
+        raise MixkdError(f"--gpus-per-node {args.gpus_per_node}: expected a whole number ≥ 0")
+    slurm = SlurmOptions(args.partition, args.gpus_per_node, args.time, args.array_parallelism, args.cluster,
+                         tuple(extra))
+    if args.executor != "slurm" and slurm != SlurmOptions():
+        raise MixkdError("--partition, --gpus-per-node, --time, --array-parallelism, --cluster and --slurm are "
+                         "for --executor slurm")
+    return ExecutorOptions(args.workers, args.address, slurm)
 
 
 def _report(study, out):
@@ -253,9 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="dataset root (default: $MIXKD_DATA_ROOT)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded runs and their count; train nothing")
     r.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
-    r.add_argument("--executor", default="local", help="local (default) | ray")
+    r.add_argument("--executor", default="local", help="local (default) | ray | slurm")
     r.add_argument("--workers", type=positive_int, default=1, help="local: runs trained at once, one process each")
     r.add_argument("--address", help="ray: the cluster to join, e.g. auto (default: start a local Ray instance)")
+    slurm = r.add_argument_group("--executor slurm (through submitit: pip install 'mixkd[slurm]')")
+    slurm.add_argument("--partition", help="the partition the jobs go to (default: the cluster's)")
+    slurm.add_argument("--time", metavar="HH:MM", help="each job's time limit (required); a job that reaches it "
+                                                      "is requeued and its runs resume")
+    slurm.add_argument("--gpus-per-node", type=int, metavar="N",
+                       help="GPUs per job (default 1; 0 with --device cpu)")
+    slurm.add_argument("--array-parallelism", type=positive_int, metavar="K",
+                       help="most jobs of an array running at once")
+    slurm.add_argument("--cluster", choices=["slurm", "local"], default="slurm",
+                       help="local: submitit runs the jobs as processes here, to try a study's Slurm set-up")
+    slurm.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. account=mylab, qos=high, constraint=a100; repeatable")
     r.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
                    help="save a resumable checkpoint every N epochs (default 1); not part of any run id")
     ls = study_cmd("ls", cmd_ls, "the expanded grid with each run's status, and run folders it does not name")

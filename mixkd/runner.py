@@ -85,7 +85,7 @@ def preflight(todo: list[RunSpec], ctx: RunContext) -> None:
             load_teacher_checkpoint(build_model(spec.run, data), spec.names.checkpoint)
 
 
-def run_study(job: Job, executor: str = "local", workers: int = 1, address: str | None = None) -> list[RunSpec]:
+def run_study(job: Job, executor: str = "local", options: ExecutorOptions = ExecutorOptions()) -> list[RunSpec]:
     """Train the study's unfinished runs, teachers first, with the named executor; returns those trained
     here (not those skipped for another runner). Tables are the caller's job."""
     run = EXECUTORS.get(executor, "--executor")
@@ -98,7 +98,7 @@ def run_study(job: Job, executor: str = "local", workers: int = 1, address: str 
     groups = lockstep_groups(todo, ctx.engine.lockstep)
     # checks the options, with or without work to do, and starts nothing yet; closed however this ends, so
     # that an interrupt ends the workers too
-    with closing(run(groups, ctx, ExecutorOptions(workers, address))) as summaries:
+    with closing(run(groups, ctx, options)) as summaries:
         if not todo:
             return []
         preflight(todo, ctx)

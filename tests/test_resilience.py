@@ -7,8 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,62 +14,20 @@ import pytest
 import torch
 import yaml
 
-import mixkd
 from mixkd import work as work_module
 from mixkd.cli import main
 from mixkd.errors import MixkdError
 from mixkd.models import create_model
 from mixkd.rundir import RunDir
 from mixkd.study import load_study, parse_study
-from tiny import RECIPE, run, tiny_study, write
+from tiny import (RECIPE, TIMEOUT, comparable, mixkd_command, poll, run, start, subprocess_env, summaries,
+                  tiny_study, write)
 
 TINY = tiny_study("tiny", recipe={**RECIPE, "epochs": 1}, grid={"mix": ["mixup"], "seeds": [0]})
 # the scratch and student runs train long enough for a kill to land in the middle of one
 LONG = {**TINY, "name": "long", "dataset": {"name": "synthetic", "train_size": 256, "test_size": 64},
         "teachers": {"t": {"model": "cnn_small", "recipe": {"epochs": 2}}},
         "students": {"cnn_tiny": {"model": "cnn_tiny", "recipe": {"epochs": 30}}}}
-TIMEOUT = 120  # seconds any one subprocess may take, far beyond what it needs
-
-
-def mixkd_command(path, out) -> list[str]:
-    return [sys.executable, "-m", "mixkd.cli", "run", str(path), "--out", str(out), "--device", "cpu"]
-
-
-def subprocess_env() -> dict:
-    """This checkout's mixkd, whichever one the venv has installed; one thread each, as two mixkd processes
-    share the cores here and OpenMP threads that wait on each other slow both down many times over."""
-    return {**os.environ, "PYTHONPATH": str(Path(mixkd.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-
-
-def start(path, out) -> subprocess.Popen:
-    return subprocess.Popen(mixkd_command(path, out), env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def poll(condition, process: subprocess.Popen, what: str):
-    """Wait for `condition()` to be truthy while `process` runs; no assumption about the machine's speed."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        if process.poll() is not None:
-            pytest.fail(f"mixkd exited ({process.returncode}) before {what}:\n{process.stdout.read()}")
-        time.sleep(0.01)
-    process.kill()
-    pytest.fail(f"no {what} within {TIMEOUT}s")
-
-
-def summaries(out: Path, study) -> dict[str, dict | None]:
-    return {r.run_id: RunDir(out, r.run_id).read_summary() for r in study.runs}
-
-
-def comparable(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs = pd.read_csv(out / "runs.csv").set_index("run_id").sort_index()
-    metrics = [c for c in runs.columns if c.endswith(("_last", "_best")) or c == "best_epoch"]
-    epochs = pd.read_parquet(out / "epochs.parquet").drop(columns="seconds")
-    return runs[["status", *metrics]], epochs.sort_values(["run_id", "epoch"], ignore_index=True)
-
-
 # --- crash safety -------------------------------------------------------------------------------------------
 
 
