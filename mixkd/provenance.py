@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -25,6 +26,15 @@ def git_commit() -> str | None:
         return None
 
 
+def cluster_job() -> str | None:
+    """The Slurm job (array task) training this process, as `squeue` and `sacct` name it; a local submitit
+    job's id off Slurm; None outside any job."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
+
+
 def environment(device: torch.device) -> dict:
     from . import __version__
 
@@ -33,4 +43,4 @@ def environment(device: torch.device) -> dict:
             "cuda_version": torch.version.cuda if cuda else None,
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
             "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor()
-            or platform.machine(), "hostname": platform.node()}
+            or platform.machine(), "hostname": platform.node(), "cluster_job": cluster_job()}
