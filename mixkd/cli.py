@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import MixkdError, StudyWarning
 
 DEFAULT_STUDY = "quickstart"
-LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules")
+LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules", "optimizers")
 
 
 def study_path(arg: str) -> Path:

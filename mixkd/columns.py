@@ -23,7 +23,7 @@ from .metrics import METRICS
 from .provenance import environment
 
 KINDS = ("key", "config", "seed", "result", "timing", "execution", "provenance")
-COMPONENTS = ("dataset", "mix", "loss", "schedule")  # {name, **params} → a name column and one per parameter
+COMPONENTS = ("dataset", "mix", "loss", "schedule", "optimizer")  # {name, **params} → a name column and one per parameter
 
 _NAMED = {
     # identifiers, and labels derived from config columns (`labelled`)
@@ -34,6 +34,7 @@ _NAMED = {
     "seed": "seed",
     **dict.fromkeys(("status", "error", "top1_best", "best_epoch", "eval_split", "distiller_params"), "result"),
     **dict.fromkeys((f"{m}_last" for m in METRICS), "result"),
+    **dict.fromkeys((f"ema_{m}_last" for m in METRICS), "result"),  # a recipe's EMA of the weights
     **dict.fromkeys(("started_at", "finished_at", "wall_seconds", "train_seconds", "images_per_s"), "timing"),
     **dict.fromkeys(("resumed_from_epoch", "lockstep_size", "fused_size"), "execution"),
     **dict.fromkeys(environment(torch.device("cpu")), "provenance"),

@@ -134,27 +134,50 @@ NO_MIX = Mix("none", prob=1.0)
 CE = Component("ce")  # what a run without a teacher trains with: (mixed-)label cross-entropy
 
 
+SGD = Component("sgd")  # the default optimizer: torch's SGD with the recipe's momentum, as RepDistiller
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """How one run trains. Defaults: the RepDistiller / MIX-KD CIFAR recipe (schedule: DEFAULT_SCHEDULE)."""
+    """How one run trains. Defaults: the RepDistiller / MIX-KD CIFAR recipe (schedule: DEFAULT_SCHEDULE).
+
+    The fields added since the first ids (`optimizer` on, below) stay out of `as_dict` while they hold their
+    defaults, so adding them moved no run id."""
 
     epochs: int = 240
     batch_size: int = 64
     lr: float = 0.05
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd's
     weight_decay: float = 5e-4
-    nesterov: bool = False
+    nesterov: bool = False  # sgd's
     schedule: Component  # resolved with every parameter: a study names it ("cosine", {name: multistep, ...})
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     eval_batch_size: int = EVAL_BATCH_SIZE
+    optimizer: Component = SGD  # `mixkd.optimizers`, resolved with every parameter
+    clip_grad: float | None = None  # clip gradients before each step (timm's dispatch_clip_grad) ...
+    clip_mode: Literal["norm", "value", "agc"] = "norm"  # ... by their global norm, by value, or adaptively
+    ema_decay: float | None = None  # keep an EMA of the weights (timm's ModelEmaV3; DeiT: 0.99996), evaluated too
+    augment: str | None = None  # timm RandAugment on the training images, e.g. DeiT's "rand-m9-mstd0.5-inc1"
+    random_erasing: float | None = None  # the probability of erasing a box of each training image (DeiT: 0.25)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Recipe":
-        return cls(**{**d, "schedule": Component.from_dict(d["schedule"])})
+        return cls(**{**d, "schedule": Component.from_dict(d["schedule"]),
+                      "optimizer": Component.from_dict(d.get("optimizer", SGD.as_dict()))})
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"schedule": self.schedule.as_dict()}
+        later = ("optimizer", "clip_grad", "clip_mode", "ema_decay", "augment", "random_erasing")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in later}
+        d["schedule"] = self.schedule.as_dict()
+        if self.optimizer != SGD:
+            d["optimizer"] = self.optimizer.as_dict()
+        if self.clip_grad is not None:
+            d |= {"clip_grad": self.clip_grad, "clip_mode": self.clip_mode}
+        for key in ("ema_decay", "augment", "random_erasing"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
 
 
 @dataclass(frozen=True)

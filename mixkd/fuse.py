@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .config import SGD
 from .mixing import Mixer, MixResult
 from .mixing.base import on_device
 
@@ -41,9 +42,11 @@ def stochastic(model: nn.Module) -> bool:
 def fuse_key(member, plain_mix: bool) -> str | None:
     """Members with equal keys can be fused (None: this one cannot): the same architecture and arguments, a
     plain student forward (no feature method, no pre-training stage, no compiled wrapper, nothing random, and
-    in a mixed view a mix that is just its images: `plain_mix`)."""
+    in a mixed view a mix that is just its images: `plain_mix`), and an optimizer step the fused one is: SGD,
+    without gradient clipping or an EMA of the weights."""
     if not member.fusable or member.parts is not None or member.distiller.student is not member.model \
-            or stochastic(member.model):
+            or stochastic(member.model) or member.recipe.optimizer != SGD or member.recipe.clip_grad is not None \
+            or member.ema is not None:
         return None
     if member.run.view.student_mixed and not plain_mix:
         return None

@@ -17,21 +17,24 @@ from typing import Any
 
 import yaml
 
-from .config import (DEFAULT_SCHEDULE, NO_MIX, ROLES, Component, Distill, Labels, Mix, MixedView, Params,
-                     Recipe, RunConfig, RunSpec)
+from .config import (DEFAULT_SCHEDULE, NO_MIX, ROLES, SGD, Component, Distill, Labels, Mix, MixedView,
+                     Params, Recipe, RunConfig, RunSpec)
 from .data import DATASETS, RUNTIME_PARAMS, declared_shape
+from .data.randaugment import RandAugment
 from .engine import Engine
 from .errors import ConfigError, MixkdError, StudyWarning
 from .losses import LOSSES
 from .mixing import MIXERS
 from .models import is_known_model, unknown_model_message
+from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
 from .study_checks import (check_fits, check_methods_fit, check_mixes_fit, check_model_args, training_images,
                            try_loss, try_mixer, warn_of_repeats)
 
 # The components a study names, by the name `mixkd list` gives their kind
-COMPONENTS = {"datasets": DATASETS, "mixers": MIXERS, "losses": LOSSES, "schedules": SCHEDULES}
+COMPONENTS = {"datasets": DATASETS, "mixers": MIXERS, "losses": LOSSES, "schedules": SCHEDULES,
+              "optimizers": OPTIMIZERS}
 
 
 @dataclass
@@ -270,12 +273,27 @@ def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int 
     dataset trains on, if known."""
     merged = {**(base.as_dict() if base else {}), **overrides}
     schedule = resolve_component(SCHEDULES, merged.pop("schedule", DEFAULT_SCHEDULE), f"{path}.schedule")
-    recipe = from_dict(Recipe, {**merged, "schedule": Component.from_dict(schedule)}, path)
+    optimizer = resolve_component(OPTIMIZERS, merged.pop("optimizer", SGD.name), f"{path}.optimizer")
+    recipe = from_dict(Recipe, {**merged, "schedule": Component.from_dict(schedule),
+                                "optimizer": Component.from_dict(optimizer)}, path)
     for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
         _positive(getattr(recipe, key), f"{path}.{key}")
     if images is not None and recipe.batch_size > images:
         raise ConfigError(f"{path}.batch_size", f"must be at most the {images} images the dataset trains on, "
                                                 f"got {recipe.batch_size}")
+    if recipe.clip_grad is not None:
+        _positive(recipe.clip_grad, f"{path}.clip_grad")
+    if recipe.augment is not None:
+        try:
+            RandAugment.parse(recipe.augment)
+        except MixkdError as e:
+            raise ConfigError(f"{path}.augment", str(e)) from None
+    if recipe.random_erasing is not None and not 0 < recipe.random_erasing <= 1:
+        raise ConfigError(f"{path}.random_erasing", f"must be in (0, 1], e.g. DeiT's 0.25, got "
+                                                    f"{recipe.random_erasing!r}")
+    if recipe.ema_decay is not None and not 0 < recipe.ema_decay < 1:
+        raise ConfigError(f"{path}.ema_decay", f"must be in (0, 1), e.g. DeiT's 0.99996, got "
+                                               f"{recipe.ema_decay!r}")
     for key in ("momentum", "weight_decay", "warmup_epochs"):
         _positive(getattr(recipe, key), f"{path}.{key}", allow_zero=True)
     if not 0 <= recipe.label_smoothing < 1:

@@ -51,8 +51,10 @@ def variant_id(spec: RunSpec) -> str:
 
 def run_row(spec: RunSpec, study: Study, summary: dict | None, teacher: RunSpec | None) -> dict:
     run, d, names = spec.run, spec.run.distill, spec.names
-    recipe = {k: _flat(v) for k, v in (run.recipe.as_dict() if run.recipe else {}).items() if k != "schedule"}
-    schedule = _prefixed("schedule", run.recipe.schedule) if run.recipe else {}
+    recipe = {k: _flat(v) for k, v in (run.recipe.as_dict() if run.recipe else {}).items()
+              if k not in ("schedule", "optimizer")}
+    schedule = {**_prefixed("schedule", run.recipe.schedule), **_prefixed("optimizer", run.recipe.optimizer)} \
+        if run.recipe else {}
     row = {"run_id": spec.run_id, "variant_id": variant_id(spec), "study": study.name, "role": run.role,
            "name": names.name, "model": run.model, "teacher": names.teacher, "student": names.student,
            "teacher_id": run.teacher,

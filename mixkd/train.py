@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -30,6 +31,7 @@ from .fuse import FusedStudents, fuse
 from .losses import FeatureLoss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
+from .optimizers import build_optimizer
 from .schedules import lr_factor
 
 
@@ -75,10 +77,12 @@ class Progress:
     best: tuple[float, int] = (-1.0, 0)  # (top-1, epoch)
     scores: dict = field(default_factory=dict)  # the last evaluation's metrics
     seconds: float = 0.0  # time spent in epochs 1..epoch, over every attempt
+    ema_scores: dict = field(default_factory=dict)  # the last evaluation's metrics of the weights' EMA, if any
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> "Progress":
-        return cls(state["epoch"], state["step"], tuple(state["best"]), state["scores"], state["seconds"])
+        return cls(state["epoch"], state["step"], tuple(state["best"]), state["scores"], state["seconds"],
+                   state.get("ema_scores", {}))
 
 
 class Journal(Protocol):
@@ -109,7 +113,9 @@ class Member:
         self.distiller = Distiller(engine.compiled(self.model), teacher if run.distill else None, self.loss,
                                    run.view, data.num_classes, self.recipe.label_smoothing)
         extra = self.parts.main_parameters() if self.parts is not None else []
-        self.optimizer = engine.sgd([*self.model.parameters(), *extra], self.recipe)
+        self.optimizer = build_optimizer(self.model, list(extra), self.recipe, engine)
+        # DeiT's EMA of the weights (timm's), updated after every step of the run's own recipe
+        self.ema = ModelEmaV3(self.model, decay=self.recipe.ema_decay) if self.recipe.ema_decay else None
         # a method's own pre-training stage (FSP, AB, FT): its first epochs, with an optimizer of its own
         self.init_epochs = self.parts.init_epochs if self.parts is not None else 0
         self.epochs = self.init_epochs + self.recipe.epochs
@@ -129,6 +135,8 @@ class Member:
             return
         self.model.load_state_dict(state["model"])
         self.load_optimizer(self.optimizer, state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if self.parts is not None:
             self.parts.load_state_dict(state["distiller"])
         if self.init_optimizer is not None:
@@ -143,6 +151,8 @@ class Member:
         saved fused/foreach flags, and momentum in the saved memory layout, which CUDA's fused SGD refuses
         for channels_last weights."""
         optimizer.load_state_dict(state)
+        if not isinstance(optimizer, torch.optim.SGD):
+            return
         for group in optimizer.param_groups:
             group.update(self.engine.sgd_kernel())
         for p, s in optimizer.state.items():
@@ -180,7 +190,12 @@ class Member:
         total = sum(parts.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.recipe.clip_grad is not None and not pretraining:
+            dispatch_clip_grad([p for g in optimizer.param_groups for p in g["params"]], self.recipe.clip_grad,
+                               self.recipe.clip_mode)
         optimizer.step()
+        if self.ema is not None and not pretraining:
+            self.ema.update(self.model)
         self.tally(parts, total, len(y))
 
     def schedule_lr(self, steps: int) -> float:
@@ -212,9 +227,13 @@ class Member:
         if p.scores["top1"] > p.best[0]:
             p.best = (p.scores["top1"], epoch)
         p.seconds += seconds
+        ema = {}
+        if self.ema is not None:
+            p.ema_scores = compute_metrics(*predict(self.ema.module, eval_loader))
+            ema = {"ema_test_top1": p.ema_scores["top1"], "ema_test_loss": p.ema_scores["nll"]}
         optimizer = self.init_optimizer if epoch <= self.init_epochs else self.optimizer
         self.journal.log_epoch({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **train,
-                                "test_top1": p.scores["top1"], "test_loss": p.scores["nll"],
+                                "test_top1": p.scores["top1"], "test_loss": p.scores["nll"], **ema,
                                 "seconds": seconds})
         if epoch % checkpoint_every == 0 or epoch == self.epochs:
             self.journal.save_checkpoint({
@@ -222,12 +241,14 @@ class Member:
                 "step": p.step, "best": list(p.best), "scores": p.scores, "seconds": p.seconds,
                 "rng": {**self.rng, **shared_rng}, "device": self.engine.device.type,
                 **({"distiller": self.parts.state_dict()} if self.parts is not None else {}),
+                **({"ema": self.ema.state_dict(), "ema_scores": p.ema_scores} if self.ema is not None else {}),
                 **({"init_optimizer": self.init_optimizer.state_dict()} if self.init_optimizer else {})})
 
     def result(self, data, group_size: int) -> dict:
         p, epochs = self.progress, self.epochs
         parts = sum(t.numel() for t in self.parts.parameters()) if self.parts is not None else 0
         return {**{f"{k}_last": v for k, v in p.scores.items()}, "top1_best": p.best[0], "best_epoch": p.best[1],
+                **{f"ema_{k}_last": v for k, v in p.ema_scores.items()},
                 "distiller_params": parts,
                 "train_seconds": p.seconds, "images_per_s": epochs * data.num_train_images / p.seconds,
                 "resumed_from_epoch": self.resumed_from, "eval_split": getattr(data, "eval_split", "test"),
@@ -249,7 +270,9 @@ class Lockstep:
         """The group `members` (runs of one lockstep key, `engine.lockstep_key`) train in: the mixer, mixing
         generator and loader their seed and recipe give, at the shared streams' state they resume from."""
         lead = members[0]
-        loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed)
+        loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed,
+                                   **{k: getattr(lead.recipe, k) for k in ("augment", "random_erasing")
+                                      if getattr(lead.recipe, k)})
         rng = mixing_rng(lead.run.seed)
         if lead.shared_rng is not None:
             loader.generator.set_state(lead.shared_rng["loader"])

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..registry import Registry
 from .loader import DeviceLoader
+from .randaugment import RandAugment
 
 # A dataset factory: (root, **params) → Dataset.
 DATASETS: Registry = Registry("dataset", inputs=("root",))
@@ -33,9 +34,11 @@ class Dataset(Protocol):
     num_train_images: int  # what an epoch goes through: images/s and the progress bar count them
     train_targets: Tensor  # (num_train_images,) the training images' labels, by dataset index
 
-    def train_loader(self, batch_size: int, device: torch.device,
-                     seed: int) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
-        """Batches (x, y, index): index is each sample's position in the training set."""
+    def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
+                     random_erasing: float | None = None) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+        """Batches (x, y, index): index is each sample's position in the training set. `augment`: a timm
+        RandAugment string (`rand-m9-mstd0.5-inc1`) applied after the dataset's own augmentation;
+        `random_erasing`: the probability of erasing a box of each normalised image (timm's)."""
 
     def eval_loader(self, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -72,9 +75,12 @@ class InMemoryDataset:
     def train_targets(self) -> Tensor:
         return self.train_y
 
-    def train_loader(self, batch_size: int, device: torch.device, seed: int) -> DeviceLoader:
+    def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
+                     random_erasing: float | None = None) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
-                            shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed, indexed=True)
+                            shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed, indexed=True,
+                            randaugment=RandAugment.parse(augment) if augment else None,
+                            random_erasing=random_erasing)
 
     def eval_loader(self, batch_size: int, device: torch.device) -> DeviceLoader:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)

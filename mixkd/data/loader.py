@@ -15,6 +15,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .erasing import random_erasing
+from .randaugment import RandAugment
+
 
 def crop_windows(images: Tensor, padding: int, flip: bool) -> Tensor:
     """Every augmented view of every image as rows of one overlapping strided view, for one index_select.
@@ -62,12 +65,15 @@ class DeviceLoader:
     Augmentation draws, per sample and independently, a crop offset uniform over the (2p+1)² positions
     and a horizontal flip with probability 1/2, the distribution of torchvision's RandomCrop(padding=p)
     + RandomHorizontalFlip. It mirrors before cropping, which is the same distribution because the
-    offsets are uniform and symmetric.
+    offsets are uniform and symmetric. `randaugment` then puts each cropped image through a RandAugment
+    policy (`mixkd.data.randaugment`), its gaps filled with `mean`, on the device, drawing from the same
+    generator; `random_erasing` erases a box of each normalised image with that probability.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean, std, *, device="cpu",
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False, seed: int = 0,
-                 drop_last: bool = False, indexed: bool = False):
+                 drop_last: bool = False, indexed: bool = False, randaugment: RandAugment | None = None,
+                 random_erasing: float | None = None):
         device = torch.device(device)
         images = images.to(device)
         self.labels = labels.to(device)
@@ -81,6 +87,8 @@ class DeviceLoader:
         std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.scale = 1 / (255 * std)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std
+        self.randaugment, self.random_erasing = randaugment, random_erasing
+        self.fill = (torch.tensor(mean, device=device) * 255).round()
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -100,7 +108,12 @@ class DeviceLoader:
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.source.index_select(0, self._window_starts(idx) if self.augment else idx)
-        return x.float().mul_(self.scale).add_(self.shift), self.labels.index_select(0, idx)
+        if self.randaugment is not None:
+            x = self.randaugment(x, self.fill, self.generator)
+        x = x.float().mul_(self.scale).add_(self.shift)
+        if self.random_erasing:
+            x = random_erasing(x, self.random_erasing, self.generator)
+        return x, self.labels.index_select(0, idx)
 
     def _window_starts(self, idx: Tensor) -> Tensor:
         """Flat start of each sample's randomly chosen window in `self.source` (see `crop_windows`)."""
