@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import MixkdError, StudyWarning
 
 DEFAULT_STUDY = "quickstart"
-LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules", "optimizers")
+LIST_KINDS = ("models", "datasets", "mixers", "losses", "metrics", "schedules", "optimizers", "trackers")
 
 
 def study_path(arg: str) -> Path:
@@ -66,10 +66,12 @@ def cmd_run(args) -> int:
     from .rundir import check_writable
     from .runner import run_study
     from .study_record import write_record
+    from .trackers import report_study, selected
     from .work import Job
 
     study, out = _load(args)
     only = _only(args, study)
+    track = selected(study.file.track, args.track)  # before any run: a tracker not installed is one line
     if args.dry_run:
         table = _overview(study, out, only)
         print(table.drop(columns=["top1_last"]).to_string(index=False))
@@ -79,11 +81,12 @@ def cmd_run(args) -> int:
               f"{int((table['status'] != 'complete').sum())} to train; output {out}")
         return 0
     job = Job(study, out, device=args.device, data_root=args.data_root or os.environ.get("MIXKD_DATA_ROOT"),
-              retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every, only=only)
+              retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every, only=only, track=track)
     check_writable(out)
     write_record(study, out)  # before any run: the folder knows its study even if this run is cut short
     trained = run_study(job, args.executor, _executor_options(args))
     runs = _report(study, out)
+    report_study(track, study.name, out)
     failed = int((runs["status"] == "failed").sum())
     print(f"{study.name}: trained {len(trained)}, {int((runs['status'] == 'complete').sum())}/{len(runs)} complete"
           f"{f', {failed} failed (mixkd ls shows them; --retry-failed reruns them)' if failed else ''}; "
@@ -289,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any other sbatch option, e.g. account=mylab, qos=high, constraint=a100; repeatable")
     r.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
                    help="save a resumable checkpoint every N epochs (default 1); not part of any run id")
+    r.add_argument("--track", action="append", metavar="NAME[,NAME]",
+                   help="also log every run to these experiment trackers, beside the study's `track:`: "
+                        "tensorboard, wandb, mlflow (none: to no tracker); not part of any run id")
     ls = study_cmd("ls", cmd_ls, "the expanded grid with each run's status, and run folders it does not name")
     for command in (r, ls):
         command.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",

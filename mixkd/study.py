@@ -31,10 +31,12 @@ from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
 from .study_checks import (check_fits, check_methods_fit, check_mixes_fit, check_model_args, training_images,
                            try_loss, try_mixer, warn_of_repeats)
+from .trackers import TRACKERS
+from .trackers import resolve as resolve_trackers
 
 # The components a study names, by the name `mixkd list` gives their kind
 COMPONENTS = {"datasets": DATASETS, "mixers": MIXERS, "losses": LOSSES, "schedules": SCHEDULES,
-              "optimizers": OPTIMIZERS}
+              "optimizers": OPTIMIZERS, "trackers": TRACKERS}
 
 
 @dataclass
@@ -96,6 +98,7 @@ class StudyFile:
     description: str = ""
     resources: Resources = field(default_factory=Resources)
     engine: Engine = field(default_factory=Engine)  # how runs compute: also out of run ids
+    track: list[Any] = field(default_factory=list)  # experiment trackers (`mixkd.trackers`): out of ids too
 
 
 @dataclass
@@ -194,6 +197,7 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     for key in ("lockstep", "cpu_threads"):
         if getattr(f.engine, key) < 1:
             raise ConfigError(f"engine.{key}", f"must be ≥ 1, got {getattr(f.engine, key)!r}")
+    f.track = resolve_trackers(f.track)
     spec = resolve_component(DATASETS, f.dataset, "dataset")
     images = training_images(spec, "dataset")
     dataset = Component.from_dict(spec)

@@ -20,13 +20,14 @@ import torch
 
 from .analysis import analyse_run
 from .build import build_model, frozen_teacher, import_teacher
-from .config import RunSpec
+from .config import Component, RunSpec
 from .data import create_dataset
 from .engine import resolve_device
 from .errors import MixkdError
 from .provenance import environment, now
 from .rundir import RunDir
 from .study import Study
+from .trackers import RunTrackers, TrackedJournal
 from .train import STOPS_THE_STUDY, train_group
 
 
@@ -63,6 +64,7 @@ class Job:
     retry_failed: bool = False
     checkpoint_every: int = 1
     only: frozenset[str] | None = None  # the run ids of a slice (`--only`); None: the whole study
+    track: tuple[Component, ...] = ()  # the experiment trackers each run also logs to (`mixkd.trackers`)
     key: str = field(default_factory=lambda: uuid.uuid4().hex)  # one RunContext per job and process
 
 
@@ -158,6 +160,16 @@ def failure(e: BaseException) -> dict:
 
 
 def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
+    trackers = [RunTrackers.of(ctx.job.track, spec, ctx.study.name, ctx.out) for spec, _ in runs]
+    try:
+        return _train_and_record(runs, trackers, ctx)
+    finally:  # tracker runs a group cut short (Ctrl-C, a full disk) left open are ended, marked as such
+        for t in trackers:
+            t.close()
+
+
+def _train_and_record(runs: list[tuple[RunSpec, RunDir]], trackers: list[RunTrackers],
+                      ctx: RunContext) -> list[dict]:
     started, clock = now(), time.perf_counter()
     lead, teacher = runs[0][0], None
     try:
@@ -169,8 +181,9 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
         if lead.run.imported:  # an imported teacher is a group of one
             outcomes = [_imported(lead, runs[0][1], ctx)]
         else:
-            members = train_group([s.run for s, _ in runs], [d for _, d in runs], ctx.data, ctx.engine,
-                                  teacher, describe(lead), ctx.job.checkpoint_every)
+            journals = [TrackedJournal(d, t, ctx.data.num_train_images) for (_, d), t in zip(runs, trackers)]
+            members = train_group([s.run for s, _ in runs], journals, ctx.data, ctx.engine, teacher,
+                                  describe(lead), ctx.job.checkpoint_every)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
     except TeacherNotReady as e:
         return [skipped(spec, str(e)) for spec, _ in runs]
@@ -179,7 +192,7 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
     except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
         outcomes = [e] * len(runs)
     summaries = []
-    for (spec, rundir), outcome in zip(runs, outcomes):
+    for (spec, rundir), outcome, tracker in zip(runs, outcomes, trackers):
         if isinstance(outcome, BaseException):
             result = failure(outcome)
         else:
@@ -195,6 +208,7 @@ def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict
         summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
                    "wall_seconds": time.perf_counter() - clock}
         rundir.write_summary(summary)
+        tracker.finish(summary)
         summaries.append(summary)
     return summaries
 
