@@ -7,6 +7,7 @@ stays piecewise constant per epoch as in RepDistiller (decay once epoch index â‰
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from .config import Component
 from .registry import Registry
@@ -31,6 +32,42 @@ def cosine(t: float, epochs: int, min_factor: float = 0.0) -> float:
 def constant(t: float, epochs: int) -> float:
     """The base lr throughout."""
     return 1.0
+
+
+@SCHEDULES.register("timm")
+def timm_schedule(t: float, epochs: int, sched: str = "cosine", min_factor: float = 0.0,
+                  warmup_factor: float = 1e-3, warmup_epochs: int = 0, warmup_prefix: bool = False,
+                  cooldown_epochs: int = 0, decay_epochs: float = 30.0, decay_milestones: list[int] = (90, 180, 270),
+                  decay_rate: float = 0.1, k_decay: float = 1.0, per_step: bool = False) -> float:
+    """timm's scheduler factory (cosine, tanh, step, multistep, poly): its warm-up from warmup_factorÂ·lr over
+    warmup_epochs and cool-down at min lr, lrs as fractions of the recipe's; per epoch as timm's train.py steps
+    it, or per step. The run's epochs include the cool-down (timm's train.py trains epochs + cooldown_epochs).
+    Set the recipe's own warmup_epochs to 0 beside it: the two warm-ups would multiply."""
+    scheduler = _timm_scheduler(sched, epochs - cooldown_epochs, min_factor, warmup_factor, warmup_epochs,
+                                warmup_prefix, cooldown_epochs, decay_epochs, tuple(decay_milestones), decay_rate,
+                                k_decay)
+    return scheduler._get_lr(t if per_step else math.floor(t))[0]
+
+
+@lru_cache(maxsize=32)
+def _timm_scheduler(sched: str, epochs: int, min_factor: float, warmup_factor: float, warmup_epochs: int,
+                    warmup_prefix: bool, cooldown_epochs: int, decay_epochs: float, decay_milestones: tuple,
+                    decay_rate: float, k_decay: float):
+    """One timm scheduler per setting, on a dummy optimizer at lr 1, so its lrs are factors: built once, read
+    at every step."""
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    if sched == "plateau":
+        raise ValueError("plateau steps on a validation metric, which mixkd's schedules do not see")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, _ = create_scheduler_v2(optimizer, sched, epochs, decay_epochs, list(decay_milestones),
+                                       cooldown_epochs, decay_rate=decay_rate, min_lr=min_factor,
+                                       warmup_lr=warmup_factor, warmup_epochs=warmup_epochs,
+                                       warmup_prefix=warmup_prefix, k_decay=k_decay)
+    if scheduler is None:
+        raise ValueError(f"timm has no scheduler {sched!r}")
+    return scheduler
 
 
 def lr_factor(schedule: Component, step: int, steps_per_epoch: int, epochs: int,

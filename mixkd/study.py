@@ -285,6 +285,10 @@ def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int 
     if images is not None and recipe.batch_size > images:
         raise ConfigError(f"{path}.batch_size", f"must be at most the {images} images the dataset trains on, "
                                                 f"got {recipe.batch_size}")
+    try:  # a schedule's parameters that cannot work (timm's `sched: plateau`) fail here, not at the first step
+        SCHEDULES.get(recipe.schedule.name)(0.0, recipe.epochs, **recipe.schedule.kwargs())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}.schedule", str(e)) from None
     if recipe.clip_grad is not None:
         _positive(recipe.clip_grad, f"{path}.clip_grad")
     if recipe.augment is not None:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.scheduler import create_scheduler_v2
 
 from mixkd.build import build_model
 from mixkd.data import create_dataset
@@ -15,6 +16,7 @@ from mixkd.engine import Engine, lockstep_key
 from mixkd.errors import ConfigError
 from mixkd.fuse import fuse_key
 from mixkd.optimizers import OPTIMIZERS, build_optimizer
+from mixkd.schedules import SCHEDULES
 from mixkd.study import parse_study
 from mixkd.train import Lockstep, Member
 from tiny import comparable, run, tiny_study, write
@@ -158,3 +160,27 @@ def test_randaugment_and_erasing_are_drawn_on_the_device_by_run_seed_and_keep_lo
 def test_a_bad_randaugment_string_is_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"students.s.recipe.augment: augment 'rand-q9'.*rand-m9-mstd0.5-inc1"):
         scratch({"augment": "rand-q9"})
+
+
+def test_the_timm_schedule_is_timms_scheduler_stepped_per_epoch_as_its_train_py_steps_it():
+    """TransMix's: warm-up from 1e-6 over 5 epochs, cosine to 1e-5, 3 cool-down epochs at min lr."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler, total = create_scheduler_v2(optimizer, "cosine", 30, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5,
+                                           cooldown_epochs=3)
+    theirs = []
+    for epoch in range(total):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(epoch + 1)
+    params = {"min_factor": 0.01, "warmup_factor": 1e-3, "warmup_epochs": 5, "cooldown_epochs": 3}
+    ours = [1e-3 * SCHEDULES.get("timm")(epoch + frac, total, **params) for epoch in range(total) for frac in (0, .7)]
+    assert total == 33 and ours[::2] == pytest.approx(theirs, rel=1e-12) and ours[1::2] == ours[::2]
+    per_step = [SCHEDULES.get("timm")(t, 33, per_step=True, **params) for t in (10.0, 10.5, 11.0)]
+    assert per_step[0] > per_step[1] > per_step[2]
+
+
+@pytest.mark.parametrize("schedule, says", [({"name": "timm", "sched": "plateau"}, "validation metric"),
+                                            ({"name": "timm", "sched": "bogus"}, "bogus")])
+def test_a_timm_schedule_that_cannot_work_is_one_line_when_read(schedule, says):
+    with pytest.raises(ConfigError, match=rf"students.s.recipe.schedule: .*{says}") as e:
+        scratch({"schedule": schedule})
+    assert "\n" not in str(e.value)

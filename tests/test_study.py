@@ -887,13 +887,32 @@ def test_transmix_cifar_grid(shipped):
     vit = [r for r in s.runs if r.role != "teacher"]
     assert {r.config["model"] for r in vit} == {"timm/deit_tiny_patch16_224"}
     assert all(r.config["model_args"]["patch_size"] == 4 for r in vit)
-    assert {r.config["recipe"]["schedule"]["name"] for r in vit} == {"cosine"}
-    assert all(r.config["recipe"]["warmup_epochs"] > 0 for r in vit)
+    assert {(r.config["recipe"]["schedule"]["name"], r.config["recipe"]["schedule"]["sched"]) for r in vit} == {
+        ("timm", "cosine")}
+    assert all(r.config["recipe"]["schedule"]["warmup_epochs"] == 20 for r in vit)
+    # TransMix's DeiT-S recipe: AdamW, RandAugment, an EMA of the weights; the CNN teacher keeps SGD
+    assert {(r.config["recipe"]["optimizer"]["name"], r.config["recipe"]["augment"], r.config["recipe"]["ema_decay"])
+            for r in vit} == {("adamw", "rand-m9-mstd0.5-inc1", 0.99996)}
+    assert not {"optimizer", "augment", "ema_decay"} & set(teacher.config["recipe"])
     assert {r.config["mix"]["name"] for r in by_role(s, "scratch")} == {"none", "mixup", "cutmix", "transmix"}
     students = by_role(s, "student")
     assert {r.config["distill"]["mixed_view"] for r in students} == {"none", "both"}
     assert {(r.config["distill"]["temperature"], r.config["distill"]["loss"]["kd_weight"]) for r in students} == {
         (4.0, 0.9), (3.0, 0.1)}
+
+
+def test_transmix_imagenet_reads_without_its_data_and_runs_transmix_recipe():
+    s = load_study(STUDIES / "transmix_imagenet.yaml")
+    assert len(s.runs) == 11 and s.dataset.name == "imagefolder"
+    teachers = by_role(s, "teacher")
+    assert {(t.config["model"], t.config["mix"]["name"]) for t in teachers} == {
+        ("timm/deit_small_patch16_224", "cutmix"), ("timm/deit_small_patch16_224", "transmix")}
+    recipes = [r.config["recipe"] for r in s.runs]
+    assert {(r["optimizer"]["name"], r["lr"], r["weight_decay"], r["epochs"], r["augment"], r["ema_decay"])
+            for r in recipes} == {("adamw", 1e-3, 0.03, 310, "rand-m9-mstd0.5-inc1", 0.99996)}
+    assert {(r["schedule"]["name"], r["schedule"]["warmup_epochs"], r["schedule"]["cooldown_epochs"])
+            for r in recipes} == {("timm", 20, 10)}
+    assert (STUDIES / "transmix_imagenet.yaml").read_text().startswith("# ")
 
 
 @pytest.mark.parametrize("overrides, path", [
