@@ -69,6 +69,8 @@ def cmd_run(args) -> int:
     from .trackers import report_study, selected
     from .work import Job
 
+    if args.estimate and not args.dry_run:
+        raise MixkdError("--estimate goes with --dry-run: mixkd run STUDY --dry-run --estimate")
     study, out = _load(args)
     only = _only(args, study)
     track = selected(study.file.track, args.track)  # before any run: a tracker not installed is one line
@@ -79,6 +81,9 @@ def cmd_run(args) -> int:
         print(f"{len(table)} runs ({', '.join(f'{n} {role}' for role, n in counts.items())})"
               f"{f' of the {len(study.runs)} in the study' if only is not None else ''}; "
               f"{int((table['status'] != 'complete').sum())} to train; output {out}")
+        from .estimate import dry_run
+
+        dry_run(study, out, only, args.device, args.retry_failed, args.workers, args.estimate)
         return 0
     job = Job(study, out, device=args.device, data_root=args.data_root or os.environ.get("MIXKD_DATA_ROOT"),
               retry_failed=args.retry_failed, checkpoint_every=args.checkpoint_every, only=only, track=track)
@@ -127,10 +132,14 @@ def _report(study, out):
 
 
 def cmd_ls(args) -> int:
+    from .executors.slurm import with_jobs
+    from .progress import eta_line, read_progress, with_progress
     from .slices import orphans
 
     study, out = _load(args)
-    print(_overview(study, out, _only(args, study)).to_string(index=False))
+    only, logged = _only(args, study), read_progress(study, out)
+    print(with_jobs(with_progress(_overview(study, out, only), logged), out).to_string(index=False))
+    print(eta_line(study, logged, only))
     left = orphans(study, out)
     if left:
         print(f"{len(left)} orphaned: run folders in {out / 'runs'} that {study.name} does not name (an earlier "
@@ -274,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     r.add_argument("--data-root", help="dataset root (default: $MIXKD_DATA_ROOT)")
     r.add_argument("--dry-run", action="store_true", help="print the expanded runs and their count; train nothing")
+    r.add_argument("--estimate", action="store_true",
+                   help="with --dry-run: time a few training steps of each kind of run on --device, and print "
+                        "the study's time there")
     r.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
     r.add_argument("--executor", default="local", help="local (default) | ray | slurm")
     r.add_argument("--workers", type=positive_int, default=1, help="local: runs trained at once, one process each")

@@ -682,8 +682,10 @@ def test_cli_dry_run_prints_runs_and_count_and_writes_nothing(tmp_path, capsys):
         assert spec.run_id in text
     c = quickstart_counts()
     n = sum(c.values())
-    assert text.rstrip().splitlines()[-1] == (f"{n} runs ({c['teacher']} teacher, {c['scratch']} scratch, "
-                                              f"{c['student']} student); {n} to train; output {out}")
+    count, time = text.rstrip().splitlines()[-2:]
+    assert count == (f"{n} runs ({c['teacher']} teacher, {c['scratch']} scratch, {c['student']} student); "
+                     f"{n} to train; output {out}")
+    assert time.startswith("time: not estimated; --estimate times a few steps of each of the 10 kinds of run")
     assert not out.exists()
 
 
@@ -694,12 +696,12 @@ def test_cli_ls_prints_statuses(tmp_path, capsys):
     assert cli.main(["ls", str(path), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     n = sum(quickstart_counts().values())
-    assert len(lines) == 1 + n and "status" in lines[0]
+    assert len(lines) == 2 + n and "status" in lines[0] and lines[-1].startswith("ETA: ")
     row = next(line for line in lines if first.run_id in line)
     assert "complete" in row and "0.75" in row
     assert sum("pending" in line for line in lines) == n - 1
     assert cli.main(["run", str(path), "--dry-run", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.rstrip().endswith(f"{n - 1} to train; output {out}")
+    assert capsys.readouterr().out.splitlines()[-2].endswith(f"{n - 1} to train; output {out}")
 
 
 @pytest.mark.parametrize("kind, registry", [("mixers", mixing.MIXERS), ("losses", losses.LOSSES),
@@ -831,7 +833,7 @@ def test_shipped_study_dry_run_and_ls(tmp_path, capsys, monkeypatch, shipped, na
     monkeypatch.setattr(mixkd.study, "load_study", lambda path: cached[Path(path).resolve()])
     out = tmp_path / name
     assert cli.main(["run", str(STUDIES / f"{name}.yaml"), "--dry-run", "--out", str(out)]) == 0
-    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    last = capsys.readouterr().out.rstrip().splitlines()[-2]  # then how to time it: --estimate
     n = EXPECTED[name][1]
     assert last.startswith(f"{n} runs (") and last.endswith(f"{n} to train; output {out}")
     if n < 200:

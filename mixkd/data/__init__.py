@@ -87,13 +87,16 @@ class InMemoryDataset:
 
 
 def input_shape(num_classes: int, in_chans: int, img_size: int,
-                train_images: int | Callable[[dict], int] | None = None):
-    """Declare a dataset factory's (classes, channels, size) at its defaults, and how many training images it
-    holds (given its resolved parameters), so that models are sized (e.g. `mixkd list models --dataset
-    cifar100`) and sizes checked when a study is read, without reading any data."""
+                train_images: int | Callable[[dict], int] | None = None,
+                eval_images: int | Callable[[dict], int] | None = None):
+    """Declare a dataset factory's (classes, channels, size) at its defaults, and how many training and
+    evaluation images it holds (given its resolved parameters), so that models are sized (e.g. `mixkd list
+    models --dataset cifar100`), sizes checked when a study is read and its time estimated, without reading
+    any data."""
 
     def mark(factory):
         factory.shape, factory.train_images = (num_classes, in_chans, img_size), train_images
+        factory.eval_images = eval_images
         return factory
 
     return mark
@@ -104,6 +107,15 @@ def declared_shape(spec: dict) -> tuple[int, int, int]:
     shape, with any of those three the spec sets; (10, 3, 32) where the factory declares none."""
     declared = getattr(DATASETS.get(spec["name"]), "shape", (10, 3, 32))
     return tuple(spec.get(k, v) for k, v in zip(("num_classes", "in_chans", "img_size"), declared))
+
+
+def declared_eval_images(spec: dict) -> int | None:
+    """How many images a resolved dataset spec evaluates on: its `val_size` when it holds one out, else what
+    its factory declares; None where it declares nothing."""
+    if spec.get("val_size"):
+        return spec["val_size"]
+    held = getattr(DATASETS.get(spec["name"]), "eval_images", None)
+    return held(spec) if callable(held) else held
 
 
 def create_dataset(name: str, root: str | Path | None = None, **params) -> Dataset:

@@ -100,7 +100,7 @@ def _load(name: str, files, num_classes: int, mean, std, root: Path | None, down
 
 
 @DATASETS.register()
-@input_shape(100, 3, 32, train_images=50_000)
+@input_shape(100, 3, 32, train_images=50_000, eval_images=10_000)
 def cifar100(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0,
              train_size: int | None = None) -> InMemoryDataset:
     """50,000 train / 10,000 test images of 100 classes; `val_size` evaluates on images held out of train,
@@ -110,7 +110,7 @@ def cifar100(root=None, download: bool = False, val_size: int = 0, split_seed: i
 
 
 @DATASETS.register()
-@input_shape(10, 3, 32, train_images=50_000)
+@input_shape(10, 3, 32, train_images=50_000, eval_images=10_000)
 def cifar10(root=None, download: bool = False, val_size: int = 0, split_seed: int = 0,
             train_size: int | None = None) -> InMemoryDataset:
     """50,000 train / 10,000 test images of 10 classes; `val_size` evaluates on images held out of train,

@@ -14,7 +14,8 @@ DIGITS = 1797  # images in scikit-learn's copy; the test split takes ceil(test_f
 
 
 @DATASETS.register()
-@input_shape(10, 1, 8, train_images=lambda spec: DIGITS - math.ceil(spec["test_fraction"] * DIGITS))
+@input_shape(10, 1, 8, train_images=lambda spec: DIGITS - math.ceil(spec["test_fraction"] * DIGITS),
+             eval_images=lambda spec: math.ceil(spec["test_fraction"] * DIGITS))
 def digits(root=None, test_fraction: float = 0.2, split_seed: int = 0, in_chans: int = 1,
            val_size: int = 0) -> InMemoryDataset:
     """1,797 images, 10 classes; a fixed stratified split (`split_seed`) so every run sees the same test set.

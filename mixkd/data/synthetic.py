@@ -8,7 +8,8 @@ from . import DATASETS, InMemoryDataset, input_shape
 
 
 @DATASETS.register()
-@input_shape(4, 3, 8, train_images=lambda spec: spec["train_size"])
+@input_shape(4, 3, 8, train_images=lambda spec: spec["train_size"],
+             eval_images=lambda spec: spec["test_size"])
 def synthetic(root=None, num_classes: int = 4, train_size: int = 256, test_size: int = 64, img_size: int = 8,
               in_chans: int = 3, seed: int = 0) -> InMemoryDataset:
     """Tests only: noisy copies of one random image per class, any size, instant."""

@@ -237,3 +237,16 @@ def _sacct(ids: set[str]) -> dict[str, str]:
         return {}
     info = SlurmInfoWatcher().read_info(output)
     return {j: info[j]["State"].split()[0] for j in ids if j in info}
+
+
+def with_jobs(table, out: Path):
+    """`table` (a runs overview with run_id and status) with each unfinished run's last job and its state,
+    where the study was ever submitted to a cluster (`mixkd ls`); as it was otherwise."""
+    states = JobLog(out).states()
+    if not states:
+        return table
+    table = table.copy()
+    todo = table["status"] != "complete"
+    table["job"] = [states[r][0] if r in states and t else "" for r, t in zip(table["run_id"], todo)]
+    table["job_state"] = [states[r][1] if r in states and t else "" for r, t in zip(table["run_id"], todo)]
+    return table

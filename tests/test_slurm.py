@@ -1,0 +1,182 @@
+"""The Slurm executor without a cluster: submitit's local cluster trains a study to the local executor's
+numbers, a preempted job is requeued and resumes, a killed one resumes on the next run; the sbatch files it
+writes for a real Slurm (a stand-in `sbatch` on the PATH) ask for what the command line says."""
+
+import os
+import signal
+import stat
+
+import pytest
+from tiny import TIMEOUT, comparable, poll, run, start, summaries, write
+
+from mixkd.cli import main
+from mixkd.engine import lockstep_groups
+from mixkd.errors import MixkdError
+from mixkd.executors import SlurmOptions
+from mixkd.executors.slurm import LIVE, GroupJob, JobLog, _executor, _submit, _submitted, minutes
+from mixkd.rundir import RunDir
+from mixkd.study import load_study
+from mixkd.work import Job, RunContext
+
+STUDY = {"name": "slurmy", "dataset": {"name": "synthetic", "train_size": 256, "test_size": 64},
+         "recipe": {"epochs": 1, "batch_size": 32, "schedule": "cosine", "eval_batch_size": 64},
+         "teachers": {"t": {"model": "cnn_small", "recipe": {"epochs": 2}}},
+         "students": {"cnn_tiny": {"model": "cnn_tiny", "recipe": {"epochs": 24}}},
+         "grid": {"mix": ["mixup"], "seeds": [0]}, "baselines": False}
+LOCAL = ("--executor", "slurm", "--cluster", "local", "--time", "30")
+
+
+@pytest.mark.parametrize("text, expected", [("90", 90), ("01:30", 90), ("1:00:30", 61), ("1-00", 1440),
+                                            ("1-02:03", 1563), ("0:00:01", 1)])
+def test_slurm_time_formats_in_minutes(text, expected):
+    assert minutes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "1:2:3:4", ""])
+def test_a_bad_time_is_one_line(text):
+    with pytest.raises(MixkdError, match="--time"):
+        minutes(text)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (("--executor", "slurm", "--time", "10"), "sbatch is not on the PATH"),
+    (("--executor", "slurm", "--cluster", "local"), "needs --time"),
+    (("--partition", "gpu"), "are for --executor slurm"),
+    (("--executor", "slurm", "--time", "10", "--slurm", "account"), "expected KEY=VALUE"),
+    (("--executor", "slurm", "--cluster", "local", "--time", "10", "--workers", "2"), "--workers"),
+])
+def test_slurm_options_that_cannot_work_are_one_line_before_any_run(tmp_path, capsys, monkeypatch, extra, says):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    path = write(tmp_path, STUDY)
+    assert run(path, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_group_job_requeues_itself_and_returns_an_input_error_as_its_line(tmp_path, monkeypatch):
+    study = load_study(write(tmp_path, STUDY))
+    job = GroupJob(Job(study, tmp_path / "out", device="cpu"), study.runs[:1])
+    again = job.checkpoint()
+    assert again.function is job and again.args == ()
+
+    def refuses(*_):
+        raise MixkdError("no dataset here")
+    monkeypatch.setattr("mixkd.executors.slurm.run_in_worker", refuses)
+    assert job() == {"error": "no dataset here"}
+
+
+def fake_slurm(bin_dir, capture):
+    """`sbatch` that keeps each script it is given and answers a job id; `srun` (submitit looks for it)."""
+    bin_dir.mkdir()
+    scripts = {"sbatch": f'n=$(ls {capture} | wc -l); cp "$1" {capture}/$n.sh; echo "Submitted batch job $((100 + n))"',
+               "srun": "exit 0"}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+
+
+def test_the_sbatch_scripts_ask_for_what_the_command_line_says(tmp_path, monkeypatch):
+    capture = tmp_path / "scripts"
+    capture.mkdir()
+    fake_slurm(tmp_path / "bin", capture)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    study = load_study(write(tmp_path, {**STUDY, "grid": {"mix": ["none", "mixup", "cutmix"], "seeds": [0, 1]},
+                                        "engine": {"lockstep": 2}, "resources": {"cpus_per_run": 3}}))
+    ctx = RunContext(Job(study, tmp_path / "out", device="auto"))
+    options = SlurmOptions(partition="gpu", time="1-02:00", array_parallelism=4, extra=(("account", "lab"),))
+    executor = _executor(options, ctx)
+    groups = lockstep_groups(study.runs, ctx.engine.lockstep)
+    teachers = [g for g in groups if g[0].role == "teacher"]
+    students = [g for g in groups if g[0].role != "teacher"]
+    log = JobLog(ctx.out)
+    first = _submit(executor, teachers, ctx.job, log, after=[])
+    second = _submit(executor, students, ctx.job, log, after=[j.job_id for j in first])
+
+    one, two = (capture / "0.sh").read_text(), (capture / "1.sh").read_text()
+    for script in (one, two):
+        for line in ("--partition=gpu", "--time=1560", "--gpus-per-node=1", "--cpus-per-task=3", "--account=lab",
+                     "--job-name=mixkd-slurmy"):
+            assert f"#SBATCH {line}\n" in script, script
+    assert "--dependency" not in one and "#SBATCH --dependency=afterany:100\n" in two
+    assert f"#SBATCH --array=0-{len(students) - 1}%4\n" in two and len(students) == 6  # 12 students, 2 a group
+    # every run's job is on record, so `mixkd ls` can show it and a rerun leaves queued runs alone
+    jobs = log.latest()
+    assert {jobs[s.run_id][0] for g in students for s in g} == {j.job_id for j in second}
+    assert len(jobs) == sum(map(len, groups))
+
+
+def test_job_states_come_from_one_sacct_call_and_say_which_runs_are_still_queued(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho \"$@\" > {}\nprintf 'JobID|State\\n200_0|COMPLETED\\n"
+                                   "200_[1-2]|PENDING\\n201|RUNNING\\n201.batch|RUNNING\\n'\n"
+                                   .format(tmp_path / "asked"))
+    (bin_dir / "sacct").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    log = JobLog(tmp_path, "slurm")
+    log.add([("a", "200_0"), ("b", "200_1"), ("c", "200_2"), ("d", "201"), ("e", "202_0")])
+    log.path.write_text(log.path.read_text() + '{"run_id": "f", "job_')  # a line cut by a kill
+    assert log.states() == {"a": ("200_0", "COMPLETED"), "b": ("200_1", "PENDING"), "c": ("200_2", "PENDING"),
+                            "d": ("201", "RUNNING"), "e": ("202_0", "unknown")}
+    assert log.live() == {"b": "200_1", "c": "200_2", "d": "201"}
+    assert (tmp_path / "asked").read_text().split().count("-j") == 3
+    local = JobLog(tmp_path / "local", "local")
+    local.add([("g", str(os.getpid()))])
+    assert local.live() == {"g": str(os.getpid())} and "RUNNING" in LIVE
+
+
+def task_of(out) -> int:
+    """The process that trains the study's last submitted job: the local cluster's job id is its
+    controller's process id, and the task is the controller's child."""
+    controller = JobLog(out).latest()[max(JobLog(out).latest())][0]
+    children = open(f"/proc/{controller}/task/{controller}/children").read().split()
+    return int(children[0])
+
+
+def test_on_submitits_local_cluster_a_preempted_job_resumes_and_a_killed_one_resumes_on_the_next_run(tmp_path,
+                                                                                                   capsys):
+    path = write(tmp_path, STUDY)
+    study = load_study(path)
+    student = next(r.run_id for r in study.runs if r.role == "student")
+    reference, preempted, killed = tmp_path / "reference", tmp_path / "preempted", tmp_path / "killed"
+    assert run(path, reference) == 0
+
+    def mid_run(out):
+        return lambda: len(RunDir(out, student).read_epochs()) >= 3 and os.path.exists(f"{out}/slurm/jobs.jsonl")
+
+    # preempted: Slurm's signal (USR2) to the job's task; submitit requeues it and the run resumes
+    runner = start(path, preempted, *LOCAL)
+    poll(mid_run(preempted), runner, "a student's third epoch")
+    os.kill(task_of(preempted), signal.SIGUSR2)
+    log = runner.communicate(timeout=TIMEOUT)[0]
+    assert runner.returncode == 0, log
+    resumed = summaries(preempted, study)[student]
+    assert 0 < resumed["resumed_from_epoch"] < 24
+    assert resumed["cluster_job"] == JobLog(preempted).latest()[student][0]  # the job that trained it, on record
+    for ours, theirs in zip(comparable(preempted), comparable(reference)):
+        assert ours.equals(theirs)
+
+    # killed: the job ends without its runs, which stay to do, and the next run resumes them
+    runner = start(path, killed, *LOCAL)
+    poll(mid_run(killed), runner, "a student's third epoch")
+    os.kill(task_of(killed), signal.SIGKILL)
+    log = runner.communicate(timeout=TIMEOUT)[0]
+    assert runner.returncode == 0 and "ended without finishing its runs" in log, log
+    assert summaries(killed, study)[student] is None
+    assert main(["ls", str(path), "--out", str(killed)]) == 0
+    assert str(JobLog(killed).latest()[student][0]) in capsys.readouterr().out  # its last job is shown
+    assert run(path, killed, *LOCAL) == 0
+    assert summaries(killed, study)[student]["resumed_from_epoch"] >= 3
+    for ours, theirs in zip(comparable(killed), comparable(reference)):
+        assert ours.equals(theirs)
+
+
+
+def test_runs_whose_job_is_still_queued_or_running_are_not_submitted_again(tmp_path, capsys):
+    study = load_study(write(tmp_path, STUDY))
+    job = Job(study, tmp_path / "out", device="cpu")
+    JobLog(job.out, "local").add([(r.run_id, str(os.getpid())) for r in study.runs])  # this process: alive
+    groups = lockstep_groups(study.runs, 8)
+    assert list(_submitted(None, groups, job, "local")) == []  # nothing to submit, nothing to wait for
+    assert f"{len(study.runs)} runs are in jobs still queued or running ({os.getpid()})" in capsys.readouterr().out
