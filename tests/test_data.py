@@ -261,7 +261,8 @@ def test_cifar100_missing_or_corrupt_files(cifar_root, tmp_path):
 def test_bench_loader_smoke(cifar_root):
     from mixkd.bench.loader import format_loader_bench, bench_loader
 
-    rows = bench_loader(cifar_root, batches=3, batch_size=16)
-    assert [r["batches"] for r in rows] == [3, 3] and all(r["batches_per_s"] > 0 for r in rows)
+    rows = bench_loader(cifar_root, batches=3, batch_size=16, images=32)
+    assert [(r["data"], r["batches"]) for r in rows] == [("cifar100", 3)] * 2 + [("imagefolder", 1)] * 2
+    assert all(r["batches_per_s"] > 0 for r in rows)
     table = format_loader_bench(rows).splitlines()
-    assert len(table) == 3 and table[1].endswith("1.0×")
+    assert len(table) == 5 and table[1].endswith("1.0×") and table[3].endswith("1.0×")

@@ -37,15 +37,17 @@ def run(path, out, *extra) -> int:
     return main(["run", str(path), "--out", str(out), "--device", "cpu", *extra])
 
 
-def image_folder(root, classes=("ant", "bee", "cat"), per_class: int = 20, size: int = 32):
-    """An ImageNet-style tree of random PNGs: root/{train,val}/<class>/<i>.png, `per_class` in each."""
+def image_folder(root, classes=("ant", "bee", "cat"), per_class: int = 20, size: int = 32,
+                 suffix: str = "png"):
+    """An ImageNet-style tree of random images: root/{train,val}/<class>/<i>.<suffix> (png or jpg), `per_class`
+    in each."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in classes:
             (root / split / cls).mkdir(parents=True)
             for i in range(per_class):
                 image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(image).save(root / split / cls / f"{i}.png")
+                Image.fromarray(image).save(root / split / cls / f"{i}.{suffix}")
     return root
 
 

@@ -19,8 +19,10 @@ from .randaugment import RandAugment
 
 # A dataset factory: (root, **params) → Dataset.
 DATASETS: Registry = Registry("dataset", inputs=("root",))
-# Dataset parameters that change how data is obtained, not what it is: kept out of run ids.
-RUNTIME_PARAMS = frozenset({"download", "num_workers"})
+# Dataset parameters that change how data is obtained, not what it is: kept out of run ids. `decode` (who decodes
+# an image folder) changes pixels only in their last bits, like an engine's precision, and a run resumed with the
+# other decoder is the same experiment; left out, it also keeps every image-folder run id as it was.
+RUNTIME_PARAMS = frozenset({"download", "num_workers", "decode"})
 # The smallest value of each parameter datasets share by name, checked when a study is read
 MINIMUMS = {"num_classes": 2, "in_chans": 1, "img_size": 1, "train_size": 1, "test_size": 1, "val_size": 0,
             "split_seed": 0, "seed": 0, "num_workers": 0}

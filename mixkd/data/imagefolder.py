@@ -1,22 +1,40 @@
 """ImageNet-style folders (`<root>/train/<class>/*`, `<root>/val/<class>/*`) through torchvision.
 
-Too big for the device-resident loader, so images are decoded by DataLoader workers with the standard
-ImageNet recipe: RandomResizedCrop + flip for training, resize to img_size/0.875 + centre crop for
-evaluation, both normalised with the ImageNet statistics.
+Too big for the device-resident loader, so images are decoded batch by batch with the standard ImageNet
+recipe: RandomResizedCrop + flip for training, resize to img_size/0.875 + centre crop for evaluation, both
+normalised with the ImageNet statistics. `decode` chooses who decodes:
+
+- `pil` (default): DataLoader workers, with PIL, running torchvision's transforms one image at a time.
+- `device`: workers only read each file's bytes and draw its crop and flip; the main process decodes the
+  whole batch in one `decode_jpeg` call on the training device (nvjpeg on CUDA), then crops, resizes, flips
+  and normalises it as batched tensor ops. At ImageNet scale JPEG decoding is the CPU work that starves a
+  GPU, so this takes it off the cores. Files nvjpeg does not take (PNG, CMYK JPEGs) are decoded on the CPU.
+
+Both draw the same crops from the same random numbers and resample with PIL's filter, so their images
+differ only by decoder and rounding, in the last bits of a pixel (see `_resample_weights`).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from torch import Tensor
 
 from ..errors import MixkdError
 from . import DATASETS
+from .erasing import random_erasing as erase
+from .loader import _one_thread
+from .randaugment import RandAugment
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's ranges of area fraction and aspect ratio
+EVAL_CROP = 0.875  # evaluation resizes the shorter side to img_size / EVAL_CROP, then centre-crops img_size
 
 
 class _ToDevice:
@@ -47,12 +65,161 @@ class _Indexed(torch.utils.data.Dataset):
         return (*self.dataset[i], i)
 
 
+# ---- decode: device ---------------------------------------------------------------------------------------
+
+
+def _eval_window(length: int, other: int, size: int) -> tuple[int, int, int, int]:
+    """One axis of Resize(round(size / 0.875)) + CenterCrop(size) as a window (see `_resample_weights`), for
+    an image `length` pixels along it and `other` across: torchvision's arithmetic, its rounding included,
+    so that the pixels kept are the PIL pipeline's."""
+    short = round(size / EVAL_CROP)
+    resized = short if length <= other else short * length // other
+    return 0, length, resized, int(round((resized - size) / 2.0))
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Per file: (bytes, whether nvjpeg decodes it, row window, column window, flip, label[, index]).
+
+    What decoding on the device needs, read without decoding a pixel: the header alone gives the size the
+    crop is drawn for. Training crops are torchvision's own RandomResizedCrop.get_params and flip draw, in
+    the PIL pipeline's order, from the same generator (each DataLoader worker's, seeded from the loader's).
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], size: int, augment: bool):
+        self.samples, self.size, self.augment = samples, size, augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, k: int):
+        from PIL import Image
+        from torchvision import transforms as T
+        from torchvision.io import read_file
+
+        path, label = self.samples[k]
+        data = read_file(path)
+        header = Image.open(io.BytesIO(data.numpy()))  # parses the header only
+        height, width = header.height, header.width
+        if self.augment:
+            top, left, h, w = T.RandomResizedCrop.get_params(header, SCALE, RATIO)
+            rows, cols = (top, h, self.size, 0), (left, w, self.size, 0)
+            flip = bool(torch.rand(1) < 0.5)
+        else:
+            rows, cols = _eval_window(height, width, self.size), _eval_window(width, height, self.size)
+            flip = False
+        nvjpeg = header.format == "JPEG" and header.mode != "CMYK"
+        item = (data, nvjpeg, torch.tensor(rows), torch.tensor(cols), flip, label)
+        return (*item, k) if self.augment else item
+
+
+def _collate(items: list[tuple]) -> tuple:
+    """The batch's files end to end in one tensor, with their lengths, so that a batch leaves a worker as one
+    shared-memory block (a tensor per file runs out of file descriptors); the other fields stack as usual."""
+    data, *fields = zip(*items)
+    return (torch.cat(data), torch.tensor([len(d) for d in data]),
+            *(torch.utils.data.default_collate(list(f)) for f in fields))
+
+
+def _decode(data: list[Tensor], nvjpeg: list[bool], device: torch.device) -> list[Tensor]:
+    """Each file as a (3, H, W) uint8 image on `device`: the JPEGs in one batched decode_jpeg (nvjpeg on
+    CUDA), the rest one by one on the CPU. Grayscale and CMYK come out RGB, as PIL's convert("RGB") does."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    rgb = ImageReadMode.RGB
+    jpegs = [k for k, flag in enumerate(nvjpeg) if flag]
+    batch = decode_jpeg([data[k] for k in jpegs], mode=rgb, device=device) if jpegs else []
+    decoded = dict(zip(jpegs, batch))
+    return [decoded[k] if k in decoded else decode_image(d, mode=rgb).to(device, non_blocking=True)
+            for k, d in enumerate(data)]
+
+
+def _resample_weights(windows: Tensor, size: int, extent: int) -> Tensor:
+    """(B, size, extent) matrices that crop and resize one axis of B images `extent` pixels long, as PIL.
+
+    Window (start, length, resized, offset): pixels start..start+length-1 resized to `resized` pixels, of
+    which offset..offset+size-1 are kept. Each output pixel averages the window's pixels within max(1, scale)
+    of its centre under a triangle filter, renormalised to sum to 1: the coefficients of PIL's antialiased
+    bilinear resize (which torchvision's tensor resize copies), so the crops are the PIL pipeline's but for
+    its rounding to uint8 after each axis. Dense, so that resampling a batch is two batched matmuls, which a
+    GPU does in a fraction of the decode's time.
+    """
+    start, length, resized, offset = (w[:, None, None] for w in windows.float().unbind(1))
+    scale = length / resized
+    centre = start + (offset + torch.arange(size, device=windows.device)[:, None] + 0.5) * scale
+    pixel = torch.arange(extent, device=windows.device) + 0.5
+    weights = (1 - (pixel - centre).abs() / scale.clamp(min=1)).clamp(min=0)
+    weights *= (pixel > start) & (pixel < start + length)  # PIL crops before it resizes
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, size: int) -> Tensor:
+    """(B, 3, size, size) float pixels in 0-255: each image through its row and column windows (see
+    `_resample_weights`), mirrored where `flip`. Images of one shape stack, so a batch costs one einsum per
+    distinct shape (a few dozen in an ImageNet batch), not a resize per image. `rows`, `cols` and `flip` are
+    the loader's CPU tensors: copied to the device without blocking, they never wait on a CUDA stream."""
+    device = images[0].device
+    out = torch.empty(len(images), 3, size, size, device=device)
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for k, image in enumerate(images):
+        shapes.setdefault(tuple(image.shape[1:]), []).append(k)
+    for (height, width), members in shapes.items():
+        at = torch.tensor(members)
+        idx, row, col, mirror = (t.to(device, non_blocking=True) for t in (at, rows[at], cols[at], flip[at]))
+        wy, wx = _resample_weights(row, size, height), _resample_weights(col, size, width)
+        wx = torch.where(mirror[:, None, None], wx.flip(1), wx)
+        # height, width, channel: how the CPU decoders lay pixels out, so that stacking is a plain copy
+        pixels = torch.stack([images[k].permute(1, 2, 0) for k in members]).float()
+        out[idx] = torch.einsum("byh,bhwc,bxw->bcyx", wy, pixels, wx)
+    return out
+
+
+class _DecodedOnDevice:
+    """A DataLoader of `_Encoded` files whose batches are decoded, resampled and normalised on `device`:
+    (x, y) for evaluation, (x, y, index) for training, through a RandAugment policy and random erasing on the
+    device if asked, drawn from a generator seeded each epoch by the loader's state (so a resumed run draws
+    them again)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, size: int,
+                 randaugment: RandAugment | None = None, random_erasing: float | None = None):
+        self.loader, self.device, self.size = loader, device, size
+        self.randaugment, self.random_erasing = randaugment, random_erasing
+        self.fill = (torch.tensor(IMAGENET_MEAN, device=device) * 255).round()
+        self.generator = loader.generator  # shuffling and worker seeds: checkpointed to resume a run
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.scale = 1 / (255 * std)
+        self.shift = -torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / std
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        threads = _one_thread if self.device.type == "cpu" else nullcontext  # see `_one_thread`
+        g = None
+        if self.randaugment is not None or self.random_erasing:  # seeded by the loader's state, not a draw
+            g = torch.Generator(self.device)  # from it: the batches' order stays that of a plain run
+            state = hashlib.blake2b(self.generator.get_state().numpy().tobytes(), digest_size=8).digest()
+            g.manual_seed(int.from_bytes(state, "little") >> 1)
+        for data, lengths, nvjpeg, rows, cols, flip, *targets in self.loader:
+            with threads():
+                images = _decode(data.split(lengths.tolist()), nvjpeg.tolist(), self.device)
+                x = _resample(images, rows, cols, flip, self.size)
+                if self.randaugment is not None:  # on the crop's whole grey levels, as PIL's pipeline has them
+                    x = self.randaugment(x.round_().clamp_(0, 255).to(torch.uint8), self.fill, g).float()
+                x = x.mul_(self.scale).add_(self.shift)
+                if self.random_erasing:
+                    x = erase(x, self.random_erasing, g)
+            yield x, *(t.to(self.device, non_blocking=True) for t in targets)
+
+
+# ---- the dataset ------------------------------------------------------------------------------------------
+
+
 class ImageFolderDataset:
     """Implements the `Dataset` protocol; class indices follow the sorted folder names of train/."""
 
     name, in_chans = "imagefolder", 3
 
-    def __init__(self, root: Path, img_size: int = 224, num_workers: int = 4):
+    def __init__(self, root: Path, img_size: int = 224, num_workers: int = 4, decode: str = "pil"):
         from torchvision import datasets, transforms as T
 
         splits = {split: root / split for split in ("train", "val")}
@@ -61,35 +228,68 @@ class ImageFolderDataset:
                 raise MixkdError(f"imagefolder: {path} is not a folder; the data root must hold train/<class>/* "
                                  f"and val/<class>/* (pass --data-root)")
         normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.train = datasets.ImageFolder(str(splits["train"]), T.Compose([
-            T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
+        self.train = datasets.ImageFolder(str(splits["train"]))  # its transform: the recipe's (train_loader)
         self.val = datasets.ImageFolder(str(splits["val"]), T.Compose([
-            T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size), T.ToTensor(), normalize]))
+            T.Resize(round(img_size / EVAL_CROP)), T.CenterCrop(img_size), T.ToTensor(), normalize]))
         if self.val.classes != self.train.classes:
             missing = sorted(set(self.train.classes) ^ set(self.val.classes))
             raise MixkdError(f"imagefolder: train/ and val/ under {root} hold different classes "
                              f"(only in one: {', '.join(missing[:5])})")
-        self.img_size, self.num_workers = img_size, num_workers
+        self.img_size, self.num_workers, self.decode = img_size, num_workers, decode
         self.num_classes, self.num_train_images = len(self.train.classes), len(self.train)
         self.train_targets = torch.as_tensor(self.train.targets)
 
-    def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None) -> _ToDevice:
-        device = torch.device(device)
-        return _ToDevice(torch.utils.data.DataLoader(
+    def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None,
+                augment: str | None = None, random_erasing: float | None = None):
+        device, on_device = torch.device(device), self.decode == "device"
+        loader = torch.utils.data.DataLoader(
             ds, batch_size, shuffle=generator is not None, generator=generator, num_workers=self.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=self.num_workers > 0), device)
+            collate_fn=_collate if on_device else None, pin_memory=device.type == "cuda" and not on_device,
+            persistent_workers=self.num_workers > 0)
+        if on_device:
+            return _DecodedOnDevice(loader, device, self.img_size, RandAugment.parse(augment) if augment else None,
+                                    random_erasing)
+        return _ToDevice(loader, device)
 
-    def train_loader(self, batch_size: int, device, seed: int) -> _ToDevice:
-        """Seeded shuffling; with num_workers > 0 the workers' augmentation seeds also derive from `seed`."""
-        return self._loader(_Indexed(self.train), batch_size, device, torch.Generator().manual_seed(seed))
+    def train_loader(self, batch_size: int, device, seed: int, augment: str | None = None,
+                     random_erasing: float | None = None) -> _ToDevice | _DecodedOnDevice:
+        """Seeded shuffling; with num_workers > 0 the workers' augmentation seeds also derive from `seed`.
+        `augment`, `random_erasing`: timm's RandAugment and RandomErasing, in the workers (PIL, timm's own
+        transforms, as DeiT) or on the device with `decode: device`."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.decode == "device":
+            return self._loader(_Encoded(self.train.samples, self.img_size, True), batch_size, device, generator,
+                                augment, random_erasing)
+        train = copy.copy(self.train)
+        train.transform = self._train_transform(augment, random_erasing)
+        return self._loader(_Indexed(train), batch_size, device, generator)
 
-    def eval_loader(self, batch_size: int, device) -> _ToDevice:
-        return self._loader(self.val, batch_size, device, None)
+    def _train_transform(self, augment: str | None, random_erasing: float | None):
+        """DeiT's order, as timm's create_transform builds it: crop and flip, RandAugment on the PIL image
+        (translations relative to the size, gaps filled with the mean pixel), tensor, normalise, erase."""
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing
+        from torchvision import transforms as T
+
+        policy = [rand_augment_transform(augment, {"translate_const": int(self.img_size * 0.45),
+                                                   "img_mean": tuple(round(255 * m) for m in IMAGENET_MEAN)})
+                  ] if augment else []
+        erasing = [RandomErasing(random_erasing, mode="pixel", device="cpu")] if random_erasing else []
+        return T.Compose([T.RandomResizedCrop(self.img_size, SCALE, RATIO), T.RandomHorizontalFlip(), *policy,
+                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), *erasing])
+
+    def eval_loader(self, batch_size: int, device) -> _ToDevice | _DecodedOnDevice:
+        ds = _Encoded(self.val.samples, self.img_size, False) if self.decode == "device" else self.val
+        return self._loader(ds, batch_size, device, None)
 
 
 @DATASETS.register()
-def imagefolder(root=None, img_size: int = 224, num_workers: int = 4) -> ImageFolderDataset:
-    """ImageNet-style <root>/train/<class>/* and <root>/val/<class>/*, decoded by DataLoader workers."""
+def imagefolder(root=None, img_size: int = 224, num_workers: int = 4,
+                decode: Literal["pil", "device"] = "pil") -> ImageFolderDataset:
+    """ImageNet-style <root>/train/<class>/* and <root>/val/<class>/*, decoded by DataLoader workers with
+    PIL, or with `decode: device` batch by batch on the training device (nvjpeg on CUDA)."""
     if root is None:
         raise MixkdError("imagefolder: needs a data root: pass --data-root with the folder that holds train/ and val/")
-    return ImageFolderDataset(Path(root), img_size, num_workers)
+    if decode not in ("pil", "device"):
+        raise MixkdError(f"imagefolder: decode must be pil or device, got {decode!r}")
+    return ImageFolderDataset(Path(root), img_size, num_workers, decode)
