@@ -160,6 +160,10 @@ class Recipe:
     ema_decay: float | None = None  # keep an EMA of the weights (timm's ModelEmaV3; DeiT: 0.99996), evaluated too
     augment: str | None = None  # timm RandAugment on the training images, e.g. DeiT's "rand-m9-mstd0.5-inc1"
     random_erasing: float | None = None  # the probability of erasing a box of each training image (DeiT: 0.25)
+    # data-parallel over this many devices (`mixkd.ranks`), `batch_size` the global batch; hashed when > 1: each
+    # rank's BatchNorm statistics and mixing draws are its own, so a run on 2 devices computes something else
+    devices: int = 1
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (CUDA only); hashed when set
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Recipe":
@@ -167,7 +171,8 @@ class Recipe:
                       "optimizer": Component.from_dict(d.get("optimizer", SGD.as_dict()))})
 
     def as_dict(self) -> dict:
-        later = ("optimizer", "clip_grad", "clip_mode", "ema_decay", "augment", "random_erasing")
+        later = ("optimizer", "clip_grad", "clip_mode", "ema_decay", "augment", "random_erasing", "devices",
+                 "sync_bn")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in later}
         d["schedule"] = self.schedule.as_dict()
         if self.optimizer != SGD:
@@ -177,7 +182,9 @@ class Recipe:
         for key in ("ema_decay", "augment", "random_erasing"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
-        return d
+        if self.devices > 1:
+            d["devices"] = self.devices
+        return d | ({"sync_bn": True} if self.sync_bn else {})
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,17 @@ def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int 
         raise ConfigError(f"{path}.schedule", str(e)) from None
     if recipe.clip_grad is not None:
         _positive(recipe.clip_grad, f"{path}.clip_grad")
+    _positive(recipe.devices, f"{path}.devices")
+    if recipe.batch_size % recipe.devices:
+        raise ConfigError(f"{path}.batch_size", f"is the global batch, split evenly over the {recipe.devices} "
+                                                f"devices: make it a multiple of {recipe.devices}, got "
+                                                f"{recipe.batch_size}")
+    if images is not None and 0 < images % recipe.batch_size < recipe.devices:
+        raise ConfigError(f"{path}.batch_size", f"leaves an epoch's last batch {images % recipe.batch_size} of "
+                                                f"the {images} images, too few for one on each of "
+                                                f"{recipe.devices} devices: pick another batch size")
+    if recipe.sync_bn and recipe.devices == 1:
+        raise ConfigError(f"{path}.sync_bn", "shares BatchNorm statistics between devices: it needs devices > 1")
     if recipe.augment is not None:
         try:
             RandAugment.parse(recipe.augment)

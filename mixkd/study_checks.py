@@ -143,6 +143,10 @@ def check_methods_fit(runs: list[RunSpec], teachers: dict, students: dict, shape
             raise ConfigError("grid.mixed_view", f"loss {run.loss.name!r} is defined for the views "
                                                  f"{', '.join(cls.views)}; {_name(r)} asks for "
                                                  f"{run.distill.mixed_view!r}")
+        if cls.needs_index and run.recipe.devices > 1:
+            raise ConfigError("grid.loss", f"loss {run.loss.name!r} keeps a memory of every image, which each "
+                                           f"device would update for its shard alone; {_name(r)} trains on "
+                                           f"{run.recipe.devices} devices: train it on one")
         pair = [(where, name, (teachers if where == "teachers" else students)[name])
                 for where, name in (("students", r.names.name), ("teachers", r.names.teacher))]
         key = (run.loss, *[(spec.model, json.dumps(spec.model_args, sort_keys=True)) for _, _, spec in pair])

@@ -32,6 +32,7 @@ from .losses import FeatureLoss
 from .metrics import compute_metrics, predict
 from .mixing import Mixer
 from .optimizers import build_optimizer
+from .ranks import Ranks
 from .schedules import lr_factor
 
 
@@ -45,8 +46,10 @@ class NonFiniteLoss(RuntimeError):
 STOPS_THE_STUDY = (NoSpaceLeft, *(e for e in (getattr(torch, "AcceleratorError", None),) if e is not None))
 
 
-def mixing_rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 1])  # its own stream: mixing draws don't depend on the model
+def mixing_rng(seed: int, rank: int = 0) -> np.random.Generator:
+    """Its own stream: mixing draws don't depend on the model. Rank r > 0 of a run across devices mixes its shard
+    with draws of its own, (seed, rank)'s."""
+    return np.random.default_rng([seed, 1, rank] if rank else [seed, 1])
 
 
 def shared_rng_states(loader, rng: np.random.Generator) -> dict:
@@ -101,13 +104,19 @@ class Member:
     The batches, mixes and teacher outputs are the group's. Its own copy of torch's global RNG state
     (what dropout and drop-path draw from) is swapped in around each of its steps, so each run draws
     exactly what it would alone.
+
+    With `ranks`, this process is one rank of a run across devices (`mixkd.ranks`): every rank builds the same
+    weights from the seed, then draws from a stream of its own; its errors are raised, never recorded (a rank
+    cannot fail alone); rank 0 alone evaluates and writes the journal.
     """
 
     def __init__(self, run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | None,
-                 journal: Journal | None = None):
-        self.run, self.recipe, self.engine, self.journal = run, run.recipe, engine, journal
+                 journal: Journal | None = None, ranks: Ranks | None = None):
+        self.run, self.recipe, self.engine, self.journal, self.ranks = run, run.recipe, engine, journal, ranks
         torch.manual_seed(run.seed)
         self.model = placed_model(run, data, engine)
+        if self.recipe.sync_bn:  # statistics over the global batch (CUDA only: `ranks.check_devices`)
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.loss = built_loss(run, self.model, teacher, data, engine)
         self.parts = self.loss if isinstance(self.loss, FeatureLoss) else None  # a method's trainable parts
         self.distiller = Distiller(engine.compiled(self.model), teacher if run.distill else None, self.loss,
@@ -122,6 +131,8 @@ class Member:
         self.init_optimizer = engine.sgd(self.parts.init_parameters(self.model), self.recipe,
                                          lr=self.parts.init_lr(self.recipe.lr, self.model)) \
             if self.init_epochs else None
+        if ranks is not None and not ranks.lead:
+            torch.manual_seed(int(np.random.SeedSequence([run.seed, 2, ranks.rank]).generate_state(1)[0]))
         self.rng, self.progress, self.error = torch_rng_state(engine.device), Progress(), None
         self.resumed_from, self.shared_rng = 0, None
         self.fused = 1  # the most runs this one was fused with (itself included): 1, never fused
@@ -131,6 +142,8 @@ class Member:
     def resume(self) -> None:
         """Restore the run's last checkpoint, if any (its journal cuts the epoch log back to it)."""
         state = self.journal.resume_state(self.engine.device.type)
+        if self.ranks is not None:
+            state = self.ranks.agreed(state)
         if state is None:
             return
         self.model.load_state_dict(state["model"])
@@ -141,8 +154,9 @@ class Member:
             self.parts.load_state_dict(state["distiller"])
         if self.init_optimizer is not None:
             self.load_optimizer(self.init_optimizer, state["init_optimizer"])
-        self.rng = {k: state["rng"][k] for k in ("torch", "cuda")}
-        self.shared_rng = {k: state["rng"][k] for k in ("loader", "mixing")}
+        rng = state["rng"][self.ranks.rank] if self.ranks is not None else state["rng"]  # each rank's own
+        self.rng = {k: rng[k] for k in ("torch", "cuda")}
+        self.shared_rng = {k: rng[k] for k in ("loader", "mixing")}
         self.progress = Progress.from_checkpoint(state)
         self.resumed_from = self.progress.epoch
 
@@ -166,6 +180,8 @@ class Member:
         except STOPS_THE_STUDY:
             raise
         except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
+            if self.ranks is not None:  # its process ends, and the launcher ends the other ranks
+                raise
             traceback.clear_frames(e.__traceback__)  # the failed step's tensors: memory the group still needs
             self.error = e
 
@@ -190,6 +206,8 @@ class Member:
         total = sum(parts.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.ranks is not None:
+            self.ranks.average_gradients([p for g in optimizer.param_groups for p in g["params"]], len(y))
         if self.recipe.clip_grad is not None and not pretraining:
             dispatch_clip_grad([p for g in optimizer.param_groups for p in g["params"]], self.recipe.clip_grad,
                                self.recipe.clip_mode)
@@ -216,11 +234,19 @@ class Member:
 
     def end_epoch(self, epoch: int, images: int, seconds: float, eval_loader, shared_rng: dict,
                   checkpoint_every: int) -> None:
-        """Evaluate, log the epoch and checkpoint; a non-finite loss ends the run as failed."""
-        train = {f"train_{k}": v.item() / images for k, v in self.epoch_sums.items()}
+        """Evaluate, log the epoch and checkpoint; a non-finite loss ends the run as failed. Across devices the
+        loss sums are every rank's (so all see a non-finite one) and the checkpoint holds each rank's streams."""
+        sums = self.epoch_sums if self.ranks is None else self.ranks.sums(self.epoch_sums)
+        train = {f"train_{k}": v.item() / images for k, v in sums.items()}
         self.epoch_sums = {}
         if not np.isfinite(train["train_loss"]):
             raise NonFiniteLoss(f"training loss became {train['train_loss']} in epoch {epoch}")
+        rng, checkpoint = {**self.rng, **shared_rng}, epoch % checkpoint_every == 0 or epoch == self.epochs
+        if self.ranks is not None:
+            rng = self.ranks.gathered(rng) if checkpoint else None
+            if not self.ranks.lead:
+                self.progress.epoch = epoch
+                return
         logits, labels = predict(self.model, eval_loader)  # fp32, as the analyses evaluate: one set of metrics
         p = self.progress
         p.epoch, p.scores = epoch, compute_metrics(logits, labels)
@@ -235,11 +261,11 @@ class Member:
         self.journal.log_epoch({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **train,
                                 "test_top1": p.scores["top1"], "test_loss": p.scores["nll"], **ema,
                                 "seconds": seconds})
-        if epoch % checkpoint_every == 0 or epoch == self.epochs:
+        if checkpoint:
             self.journal.save_checkpoint({
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": p.epoch,
                 "step": p.step, "best": list(p.best), "scores": p.scores, "seconds": p.seconds,
-                "rng": {**self.rng, **shared_rng}, "device": self.engine.device.type,
+                "rng": rng, "device": self.engine.device.type,
                 **({"distiller": self.parts.state_dict()} if self.parts is not None else {}),
                 **({"ema": self.ema.state_dict(), "ema_scores": p.ema_scores} if self.ema is not None else {}),
                 **({"init_optimizer": self.init_optimizer.state_dict()} if self.init_optimizer else {})})
@@ -268,12 +294,14 @@ class Lockstep:
     @classmethod
     def of(cls, members: list[Member], data, engine: DeviceEngine, teacher: nn.Module | None) -> "Lockstep":
         """The group `members` (runs of one lockstep key, `engine.lockstep_key`) train in: the mixer, mixing
-        generator and loader their seed and recipe give, at the shared streams' state they resume from."""
-        lead = members[0]
-        loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed,
-                                   **{k: getattr(lead.recipe, k) for k in ("augment", "random_erasing")
-                                      if getattr(lead.recipe, k)})
-        rng = mixing_rng(lead.run.seed)
+        generator and loader their seed and recipe give, at the shared streams' state they resume from. Across
+        devices (a group of one), the loader yields this rank's shard of each batch."""
+        lead, ranks = members[0], members[0].ranks
+        options = {k: getattr(lead.recipe, k) for k in ("augment", "random_erasing") if getattr(lead.recipe, k)}
+        if ranks is not None:
+            options["shard"] = (ranks.rank, ranks.world)
+        loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed, **options)
+        rng = mixing_rng(lead.run.seed, ranks.rank if ranks is not None else 0)
         if lead.shared_rng is not None:
             loader.generator.set_state(lead.shared_rng["loader"])
             rng.bit_generator.state = lead.shared_rng["mixing"]
@@ -357,12 +385,13 @@ class Lockstep:
 
 
 def train_group(runs: list[RunConfig], journals: list[Journal], data, engine: DeviceEngine,
-                teacher: nn.Module | None = None, desc: str = "", checkpoint_every: int = 1) -> list[Member]:
+                teacher: nn.Module | None = None, desc: str = "", checkpoint_every: int = 1,
+                ranks: Ranks | None = None) -> list[Member]:
     """Train runs sharing a lockstep key (`engine.lockstep_key`) together, each resuming from its own
     checkpoint; log each epoch and checkpoint every `checkpoint_every` epochs (and the last) to its journal.
     Returns the members: a finished model and `result()`, or `error` set. Alone, a run is a group of one:
-    this is the one training loop."""
-    members = [_member(r, data, engine, teacher, j) for r, j in zip(runs, journals)]
+    this is the one training loop. With `ranks`, this process trains its rank of a run across devices."""
+    members = [_member(r, data, engine, teacher, j, ranks) for r, j in zip(runs, journals)]
     for m in members:
         if m.error is None:
             m.guarded(m.resume)
@@ -381,9 +410,10 @@ class Unbuilt:
         self.error = error
 
 
-def _member(run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | None, journal: Journal):
+def _member(run: RunConfig, data, engine: DeviceEngine, teacher: nn.Module | None, journal: Journal,
+            ranks: Ranks | None):
     try:
-        return Member(run, data, engine, teacher, journal)
+        return Member(run, data, engine, teacher, journal, ranks)
     except STOPS_THE_STUDY:
         raise
     except Exception as e:  # noqa: BLE001 - recorded with its traceback by the runner
@@ -420,17 +450,20 @@ def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
     epochs, start, n = members[0].epochs, members[0].progress.epoch, data.num_train_images
     if len(members) > 1:
         desc = f"{desc} +{len(members) - 1} in lockstep"
+    ranks = members[0].ranks
+    shown = ranks is None or ranks.lead  # one bar or heartbeat per run, its rank 0's
+    world = ranks.world if ranks is not None else 1  # a shard × world: the global batch (but a last uneven one)
     bar = tqdm(total=epochs * n, initial=start * n, unit="img", unit_scale=True, desc=desc, leave=False,
-               disable=None, dynamic_ncols=True)
-    beat = Heartbeat(desc, epochs * n, start * n) if bar.disable else None  # a log, not a terminal
+               disable=None if shown else True, dynamic_ncols=True)
+    beat = Heartbeat(desc, epochs * n, start * n) if bar.disable and shown else None  # a log, not a terminal
     for epoch in range(start + 1, epochs + 1):
         clock = time.perf_counter()
         group.begin_epoch()
         for x, y, index in loader:
             group.step(x, y, index, epoch, len(loader))
-            bar.update(len(y))
+            bar.update(len(y) * world)
             if beat is not None:
-                beat.update(len(y), epoch, epochs)
+                beat.update(len(y) * world, epoch, epochs)
         group.end_epoch()
         engine.synchronize()  # the epoch's queued GPU work belongs to its time, not to its evaluation's
         seconds = time.perf_counter() - clock
@@ -441,6 +474,8 @@ def _train_cohort(group: Lockstep, data, desc: str, checkpoint_every: int):
         live = group.live
         if not live:
             break
+        if not shown:  # no scores: rank 0 evaluates
+            continue
         top1 = max(m.progress.scores["top1"] for m in live)
         bar.set_postfix(epoch=epoch, top1=f"{top1:.3f}" if len(live) == 1 else f"≤{top1:.3f}")
     bar.close()

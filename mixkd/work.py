@@ -25,6 +25,7 @@ from .data import create_dataset
 from .engine import resolve_device
 from .errors import MixkdError
 from .provenance import environment, now
+from .ranks import RankFailed, Ranks, check_devices, launch
 from .rundir import RunDir
 from .study import Study
 from .trackers import RunTrackers, TrackedJournal
@@ -69,11 +70,14 @@ class Job:
 
 
 class RunContext:
-    """What the runs of one study share within one process: the dataset and the loaded teachers."""
+    """What the runs of one study share within one process: the dataset and the loaded teachers. In a rank of a
+    run across devices (`ranks`), its device is the rank's own."""
 
-    def __init__(self, job: Job):
-        self.job, self.study, self.out = job, job.study, Path(job.out)
+    def __init__(self, job: Job, ranks: Ranks | None = None):
+        self.job, self.study, self.out, self.ranks = job, job.study, Path(job.out), ranks
         self.device = resolve_device(job.device)
+        if ranks is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", ranks.rank)
         self.engine = self.study.file.engine.resolve(self.device)
         self.specs = {r.run_id: r for r in self.study.runs}
         self.env = environment(self.device)
@@ -160,6 +164,8 @@ def failure(e: BaseException) -> dict:
 
 
 def _run_group(runs: list[tuple[RunSpec, RunDir]], ctx: RunContext) -> list[dict]:
+    if ctx.ranks is None and devices(runs[0][0]) > 1:  # a group of one (`engine.lockstep_key`)
+        return [_across_devices(*runs[0], ctx)]
     trackers = [RunTrackers.of(ctx.job.track, spec, ctx.study.name, ctx.out) for spec, _ in runs]
     try:
         return _train_and_record(runs, trackers, ctx)
@@ -183,13 +189,15 @@ def _train_and_record(runs: list[tuple[RunSpec, RunDir]], trackers: list[RunTrac
         else:
             journals = [TrackedJournal(d, t, ctx.data.num_train_images) for (_, d), t in zip(runs, trackers)]
             members = train_group([s.run for s, _ in runs], journals, ctx.data, ctx.engine, teacher,
-                                  describe(lead), ctx.job.checkpoint_every)
+                                  describe(lead), ctx.job.checkpoint_every, ctx.ranks)
             outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
     except TeacherNotReady as e:
         return [skipped(spec, str(e)) for spec, _ in runs]
     except STOPS_THE_STUDY:
         raise
     except Exception as e:  # what every run of the group shares failed (data, teacher, mixing): all fail
+        if ctx.ranks is not None:  # rank 0 of a run across devices: the launcher records the first rank's error
+            raise
         outcomes = [e] * len(runs)
     summaries = []
     for (spec, rundir), outcome, tracker in zip(runs, outcomes, trackers):
@@ -218,3 +226,61 @@ def _imported(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> tuple[dict, tor
     result, model = import_teacher(spec.run, spec.names.checkpoint, ctx.data, ctx.engine)
     rundir.save_checkpoint({"model": model.state_dict()})
     return result, model
+
+
+# --- one run across devices ------------------------------------------------------------------------------------
+
+
+def devices(spec: RunSpec) -> int:
+    return spec.run.recipe.devices if spec.run.recipe else 1
+
+
+def _across_devices(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> dict:
+    """A run on `recipe.devices` ranks, processes of its own (`mixkd.ranks`), while this one keeps its claim.
+    Rank 0 writes the run's directory as the run trained here alone would; a rank's failure, which ends them
+    all, is recorded here. Its teacher is made ready first (trained here if no runner does), so the ranks
+    only load it."""
+    check_devices(spec.run.recipe, ctx.device)
+    started, clock = now(), time.perf_counter()
+    try:
+        ctx.teacher(spec)
+        (summary,) = launch(_rank, (ctx.job, spec.run_id), devices(spec))
+        return summary
+    except TeacherNotReady as e:
+        return skipped(spec, str(e))
+    except RankFailed as e:
+        result = {"status": "failed", "error": e.line, "traceback": e.trace}
+    except STOPS_THE_STUDY:
+        raise
+    except Exception as e:  # noqa: BLE001 - the teacher could not be loaded: recorded like any run's failure
+        result = failure(e)
+    summary = {"run_id": spec.run_id, **result, **ctx.env, "started_at": started, "finished_at": now(),
+               "wall_seconds": time.perf_counter() - clock}
+    rundir.write_summary(summary)
+    return summary
+
+
+def _rank(ranks: Ranks, port: int, job: Job, run_id: str) -> list[dict] | None:
+    """One rank of a run across devices (`launch`'s target): rank 0 trains, analyses and records it as
+    `_run_group` does any run, and returns its summary; the others train alone, writing nothing."""
+    ctx = RunContext(job, ranks)
+    ranks.join(ctx.device, port)
+    spec, rundir = ctx.specs[run_id], RunDir(ctx.out, run_id)
+    if ranks.lead:
+        return _run_group([(spec, rundir)], ctx)
+    teacher = ctx.teacher(spec)
+    ctx.engine.claim_threads()
+    (member,) = train_group([spec.run], [CheckpointReader(rundir)], ctx.data, ctx.engine, teacher, ranks=ranks)
+    if member.error is not None:  # its model could not be built
+        raise member.error
+    return None
+
+
+class CheckpointReader:
+    """The journal of a rank other than 0: the checkpoint to resume from, read; rank 0 writes the rest."""
+
+    def __init__(self, rundir: RunDir):
+        self.rundir = rundir
+
+    def resume_state(self, device: str) -> dict | None:
+        return self.rundir.training_state()

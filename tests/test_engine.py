@@ -251,7 +251,7 @@ def test_a_failed_step_is_recorded_without_holding_its_tensors():
         held.append(weakref.ref(activations))
         raise ValueError("boom")
 
-    run = SimpleNamespace(error=None)
+    run = SimpleNamespace(error=None, ranks=None)
     Member.guarded(run, failing_step)
     gc.collect()
     assert held[0]() is None
@@ -264,7 +264,7 @@ def test_a_device_error_stops_the_group_rather_than_failing_one_run():
         raise torch.AcceleratorError("CUDA error: device-side assert triggered")
 
     with pytest.raises(torch.AcceleratorError):
-        Member.guarded(SimpleNamespace(error=None), kernel_assert)
+        Member.guarded(SimpleNamespace(error=None, ranks=None), kernel_assert)
 
 
 def test_compiled_models_train_to_the_eager_numbers():

@@ -37,10 +37,12 @@ class Dataset(Protocol):
     train_targets: Tensor  # (num_train_images,) the training images' labels, by dataset index
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+                     random_erasing: float | None = None,
+                     shard: tuple[int, int] = (0, 1)) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
         """Batches (x, y, index): index is each sample's position in the training set. `augment`: a timm
         RandAugment string (`rand-m9-mstd0.5-inc1`) applied after the dataset's own augmentation;
-        `random_erasing`: the probability of erasing a box of each normalised image (timm's)."""
+        `random_erasing`: the probability of erasing a box of each normalised image (timm's); `shard` (rank,
+        world): that rank's part of every batch of `batch_size`, for a run across devices."""
 
     def eval_loader(self, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -78,11 +80,11 @@ class InMemoryDataset:
         return self.train_y
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None) -> DeviceLoader:
+                     random_erasing: float | None = None, shard: tuple[int, int] = (0, 1)) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
                             shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed, indexed=True,
                             randaugment=RandAugment.parse(augment) if augment else None,
-                            random_erasing=random_erasing)
+                            random_erasing=random_erasing, shard=shard)
 
     def eval_loader(self, batch_size: int, device: torch.device) -> DeviceLoader:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)

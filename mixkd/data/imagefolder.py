@@ -37,6 +37,22 @@ SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's ranges of area
 EVAL_CROP = 0.875  # evaluation resizes the shorter side to img_size / EVAL_CROP, then centre-crops img_size
 
 
+class _Shard:
+    """A rank's part (a contiguous slice) of each batch of a seeded permutation, for a run across devices: every
+    rank draws the permutation RandomSampler would from the same generator, so together the ranks go through the
+    batches one process would."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int, world: int):
+        self.n, self.batch_size, self.generator, self.rank, self.world = n, batch_size, generator, rank, world
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in torch.randperm(self.n, generator=self.generator).split(self.batch_size):
+            yield batch.tensor_split(self.world)[self.rank].tolist()
+
+
 class _ToDevice:
     """A DataLoader whose batches arrive on `device` (asynchronously from pinned memory on CUDA)."""
 
@@ -239,11 +255,13 @@ class ImageFolderDataset:
         self.num_classes, self.num_train_images = len(self.train.classes), len(self.train)
         self.train_targets = torch.as_tensor(self.train.targets)
 
-    def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None,
+    def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None, shard=(0, 1),
                 augment: str | None = None, random_erasing: float | None = None):
         device, on_device = torch.device(device), self.decode == "device"
+        batches = {"batch_sampler": _Shard(len(ds), batch_size, generator, *shard)} if shard[1] > 1 else \
+            {"batch_size": batch_size, "shuffle": generator is not None}
         loader = torch.utils.data.DataLoader(
-            ds, batch_size, shuffle=generator is not None, generator=generator, num_workers=self.num_workers,
+            ds, **batches, generator=generator, num_workers=self.num_workers,
             collate_fn=_collate if on_device else None, pin_memory=device.type == "cuda" and not on_device,
             persistent_workers=self.num_workers > 0)
         if on_device:
@@ -252,17 +270,19 @@ class ImageFolderDataset:
         return _ToDevice(loader, device)
 
     def train_loader(self, batch_size: int, device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None) -> _ToDevice | _DecodedOnDevice:
+                     random_erasing: float | None = None,
+                     shard: tuple[int, int] = (0, 1)) -> _ToDevice | _DecodedOnDevice:
         """Seeded shuffling; with num_workers > 0 the workers' augmentation seeds also derive from `seed`.
         `augment`, `random_erasing`: timm's RandAugment and RandomErasing, in the workers (PIL, timm's own
-        transforms, as DeiT) or on the device with `decode: device`."""
+        transforms, as DeiT) or on the device with `decode: device`. `shard` (rank, world): that rank's part
+        of each batch, for a run across devices."""
         generator = torch.Generator().manual_seed(seed)
         if self.decode == "device":
             return self._loader(_Encoded(self.train.samples, self.img_size, True), batch_size, device, generator,
-                                augment, random_erasing)
+                                shard, augment, random_erasing)
         train = copy.copy(self.train)
         train.transform = self._train_transform(augment, random_erasing)
-        return self._loader(_Indexed(train), batch_size, device, generator)
+        return self._loader(_Indexed(train), batch_size, device, generator, shard)
 
     def _train_transform(self, augment: str | None, random_erasing: float | None):
         """DeiT's order, as timm's create_transform builds it: crop and flip, RandAugment on the PIL image

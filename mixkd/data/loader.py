@@ -68,13 +68,19 @@ class DeviceLoader:
     offsets are uniform and symmetric. `randaugment` then puts each cropped image through a RandAugment
     policy (`mixkd.data.randaugment`), its gaps filled with `mean`, on the device, drawing from the same
     generator; `random_erasing` erases a box of each normalised image with that probability.
+
+    `shard` (rank, world): one rank's part of each batch when a run trains across devices (`mixkd.ranks`). Every
+    rank draws the same permutation and the augmentation of the whole global batch from the same seed, then keeps
+    its contiguous slice, so the ranks together see exactly the batches one process would. The price: each rank
+    augments the global batch, world × the loader's work, which at CIFAR scale is small beside a step.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean, std, *, device="cpu",
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False, seed: int = 0,
                  drop_last: bool = False, indexed: bool = False, randaugment: RandAugment | None = None,
-                 random_erasing: float | None = None):
+                 random_erasing: float | None = None, shard: tuple[int, int] = (0, 1)):
         device = torch.device(device)
+        self.rank, self.world = shard
         images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.indexed = batch_size, shuffle, drop_last, indexed
@@ -103,8 +109,9 @@ class DeviceLoader:
         threads = _one_thread if device.type == "cpu" else nullcontext
         for idx in order.split(self.batch_size)[:len(self)]:
             with threads():
-                batch = self._batch(idx)
-            yield (*batch, idx) if self.indexed else batch
+                x, y = self._batch(idx)
+            x, y, idx = (t.tensor_split(self.world)[self.rank] for t in (x, y, idx))  # this rank's shard
+            yield (x, y, idx) if self.indexed else (x, y)
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = self.source.index_select(0, self._window_starts(idx) if self.augment else idx)

@@ -7,7 +7,7 @@ from typing import Iterator
 from ..errors import MixkdError
 from ..study import Resources
 from ..work import Job, RunContext
-from .base import EXECUTORS, ExecutorOptions, Group, run_in_worker, teacher_of
+from .base import EXECUTORS, ExecutorOptions, Group, refuse_runs_across_devices, run_in_worker, teacher_of
 
 
 @EXECUTORS.register("ray")
@@ -16,6 +16,7 @@ def ray_tasks(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> I
     student group's task takes its teacher's task result as an argument, so Ray starts it only once the
     teacher is done. Every task writes to the study directory itself: on a cluster it must be on a
     filesystem all nodes share."""
+    refuse_runs_across_devices(todo, "ray")
     if options.workers != 1:
         raise MixkdError("--workers is for --executor local; on Ray, the cluster's resources and the study's "
                          "`resources` decide how many runs train at once")

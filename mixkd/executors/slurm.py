@@ -25,7 +25,8 @@ from typing import Iterator
 from ..errors import MixkdError
 from ..provenance import now
 from ..work import Job, RunContext
-from .base import EXECUTORS, ExecutorOptions, Group, SlurmOptions, run_in_worker, teacher_of
+from .base import (EXECUTORS, ExecutorOptions, Group, SlurmOptions, refuse_runs_across_devices, run_in_worker,
+                   teacher_of)
 
 JOBS = "jobs.jsonl"
 # states of a job that will still train its runs (Slurm's names; a local job is RUNNING while its process is)
@@ -75,6 +76,7 @@ class GroupJob:
 def slurm(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
     """One job array per wave of groups (teachers, then students), through submitit; waits for the jobs and
     yields their runs' summaries. Ctrl-C stops the waiting, not the jobs."""
+    refuse_runs_across_devices(todo, "slurm")
     if options.workers != 1 or options.address:
         raise MixkdError("--workers and --address are for the local and Ray executors; on Slurm each lockstep "
                          "group is a job, and --array-parallelism caps how many run at once")
