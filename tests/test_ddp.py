@@ -17,7 +17,7 @@ from mixkd.build import build_model
 from mixkd.config import RunSpec
 from mixkd.data import DeviceLoader, create_dataset
 from mixkd.errors import ConfigError, MixkdError
-from mixkd.executors.base import refuse_runs_across_devices
+from mixkd.executors.ray_tasks import across_devices
 from mixkd.ranks import check_devices
 from mixkd.rundir import RunDir
 from mixkd.study import load_study, parse_study
@@ -163,10 +163,15 @@ def test_a_method_with_a_memory_of_every_image_is_refused_across_devices():
         parse_study(study)
 
 
-def test_sync_bn_off_cuda_and_executors_that_cannot_start_ranks_are_refused_in_one_line():
+def test_sync_bn_off_cuda_is_refused_in_one_line():
     study = parse_study(tiny_study("sync", recipe={**RECIPE, "devices": 2, "sync_bn": True}))
     with pytest.raises(MixkdError, match="recipe.sync_bn: SyncBatchNorm runs on CUDA only") as e:
         check_devices(study.runs[0].run.recipe, torch.device("cpu"))
     assert "\n" not in str(e.value)
-    with pytest.raises(MixkdError, match=r"across 2 devices \(recipe.devices\), which only --executor local"):
-        refuse_runs_across_devices([study.runs], "ray")
+
+
+def test_a_ray_task_of_a_run_across_devices_asks_for_its_devices():
+    """(Slurm's arrays: tests/test_slurm.py.) Its ranks are processes the task starts, on the GPUs it got."""
+    assert across_devices(1.0, 0.25, 1) == {}  # one device: the study's resources, fractions and all
+    assert across_devices(2.0, 0.25, 4) == {"num_cpus": 8.0, "num_gpus": 4.0}
+    assert across_devices(1.0, 0.0, 2) == {"num_cpus": 2.0, "num_gpus": 0.0}  # CPU runs: gloo ranks

@@ -86,7 +86,8 @@ def test_the_sbatch_scripts_ask_for_what_the_command_line_says(tmp_path, monkeyp
                                         "engine": {"lockstep": 2}, "resources": {"cpus_per_run": 3}}))
     ctx = RunContext(Job(study, tmp_path / "out", device="auto"))
     options = SlurmOptions(partition="gpu", time="1-02:00", array_parallelism=4, extra=(("account", "lab"),))
-    executor = _executor(options, ctx)
+    executor, gpus = _executor(options, ctx)
+    assert gpus == 1  # --device auto: a GPU a job, where the runs may use one
     groups = lockstep_groups(study.runs, ctx.engine.lockstep)
     teachers = [g for g in groups if g[0].role == "teacher"]
     students = [g for g in groups if g[0].role != "teacher"]
@@ -179,3 +180,20 @@ def test_runs_whose_job_is_still_queued_or_running_are_not_submitted_again(tmp_p
     groups = lockstep_groups(study.runs, 8)
     assert list(_submitted(None, groups, job, "local")) == []  # nothing to submit, nothing to wait for
     assert f"{len(study.runs)} runs are in jobs still queued or running ({os.getpid()})" in capsys.readouterr().out
+
+
+def test_runs_across_devices_go_in_arrays_of_their_own_asking_for_their_devices(tmp_path, monkeypatch):
+    capture = tmp_path / "scripts"
+    capture.mkdir()
+    fake_slurm(tmp_path / "bin", capture)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("mixkd.executors.slurm._results", lambda jobs: iter(()))  # no waiting on fake jobs
+    study = load_study(write(tmp_path, {**STUDY, "students": {"wide": {"model": "cnn_tiny", "recipe": {
+        "epochs": 2, "devices": 2}}}, "resources": {"cpus_per_run": 3}}))
+    ctx = RunContext(Job(study, tmp_path / "out", device="auto"))
+    executor, gpus = _executor(SlurmOptions(time="10"), ctx)
+    assert list(_submitted(executor, lockstep_groups(study.runs, 8), ctx.job, "slurm", gpus, 3)) == []
+    teachers, students = (capture / "0.sh").read_text(), (capture / "1.sh").read_text()
+    assert "#SBATCH --gpus-per-node=1\n" in teachers and "#SBATCH --cpus-per-task=3\n" in teachers
+    assert "#SBATCH --gpus-per-node=2\n" in students and "#SBATCH --cpus-per-task=6\n" in students
+    assert "#SBATCH --dependency=afterany:100\n" in students and not (capture / "2.sh").exists()

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..config import RunSpec
-from ..errors import MixkdError
 from ..registry import Registry
-from ..work import Job, RunContext, devices, execute_group
+from ..work import Job, RunContext, execute_group
 
 Group = list[RunSpec]
 Executor = Callable[[list[Group], RunContext, "ExecutorOptions"], Iterator[dict]]
@@ -37,15 +36,6 @@ class ExecutorOptions:
 def teacher_of(group: Group) -> str | None:
     """The run every run of the group distils from (one: it is part of the lockstep key), or None."""
     return group[0].run.teacher
-
-
-def refuse_runs_across_devices(todo: list[Group], executor: str) -> None:
-    """Runs across devices (`recipe.devices`) start their ranks as processes of the local executor's; no other
-    executor gives them their devices yet."""
-    spec = next((s for group in todo for s in group if devices(s) > 1), None)
-    if spec is not None:
-        raise MixkdError(f"run {spec.run_id} trains across {devices(spec)} devices (recipe.devices), which only "
-                         f"--executor local runs so far, not {executor}")
 
 
 _contexts: dict[str, RunContext] = {}

@@ -6,8 +6,8 @@ from typing import Iterator
 
 from ..errors import MixkdError
 from ..study import Resources
-from ..work import Job, RunContext
-from .base import EXECUTORS, ExecutorOptions, Group, refuse_runs_across_devices, run_in_worker, teacher_of
+from ..work import Job, RunContext, devices
+from .base import EXECUTORS, ExecutorOptions, Group, run_in_worker, teacher_of
 
 
 @EXECUTORS.register("ray")
@@ -16,7 +16,6 @@ def ray_tasks(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> I
     student group's task takes its teacher's task result as an argument, so Ray starts it only once the
     teacher is done. Every task writes to the study directory itself: on a cluster it must be on a
     filesystem all nodes share."""
-    refuse_runs_across_devices(todo, "ray")
     if options.workers != 1:
         raise MixkdError("--workers is for --executor local; on Ray, the cluster's resources and the study's "
                          "`resources` decide how many runs train at once")
@@ -59,6 +58,12 @@ def gpus_per_task(resources: Resources, device: str, cluster_gpus: float) -> flo
     return 1.0 if device != "cpu" and cluster_gpus > 0 else 0.0
 
 
+def across_devices(cpus: float, gpus: float, n: int) -> dict:
+    """What the task of a run across `n` devices asks: n whole GPUs where runs take GPUs, n × the CPUs. Its
+    ranks are processes the task starts on its node (`mixkd.ranks`), on the GPUs Ray gives it."""
+    return {"num_cpus": cpus * n, "num_gpus": float(n) if gpus > 0 else 0.0} if n > 1 else {}
+
+
 def _submit(ray, todo: list[Group], job: Job) -> list:
     resources = job.study.file.resources
     gpus = gpus_per_task(resources, job.device, ray.cluster_resources().get("GPU", 0))
@@ -67,7 +72,8 @@ def _submit(ray, todo: list[Group], job: Job) -> list:
     refs, by_run = [], {}
     for group in todo:  # teachers come first, so a student group's teacher task already exists
         teacher = by_run.get(teacher_of(group))
-        refs.append(task.remote(job_ref, group, *([teacher] if teacher else [])))
+        asks = task.options(**across_devices(resources.cpus_per_run, gpus, devices(group[0])))
+        refs.append(asks.remote(job_ref, group, *([teacher] if teacher else [])))
         by_run.update({spec.run_id: refs[-1] for spec in group})
     return refs
 

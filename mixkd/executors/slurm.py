@@ -1,5 +1,8 @@
 """The Slurm executor: each lockstep group one task of a job array, submitted through submitit.
 
+A run across N devices (`recipe.devices`) is a job of its own array asking N × the GPUs and CPUs; its ranks are
+processes the job starts on its node (`mixkd.ranks`), as the local executor does.
+
 Teachers (and runs that need none) go in a first array; their students in a second that Slurm starts once the
 first has ended (`afterany`: a student whose teacher failed is skipped and stays to do, as everywhere). Every
 job writes to the study folder itself, which must be on a filesystem the nodes share. A job that Slurm
@@ -24,9 +27,8 @@ from typing import Iterator
 
 from ..errors import MixkdError
 from ..provenance import now
-from ..work import Job, RunContext
-from .base import (EXECUTORS, ExecutorOptions, Group, SlurmOptions, refuse_runs_across_devices, run_in_worker,
-                   teacher_of)
+from ..work import Job, RunContext, devices
+from .base import EXECUTORS, ExecutorOptions, Group, SlurmOptions, run_in_worker, teacher_of
 
 JOBS = "jobs.jsonl"
 # states of a job that will still train its runs (Slurm's names; a local job is RUNNING while its process is)
@@ -76,7 +78,6 @@ class GroupJob:
 def slurm(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Iterator[dict]:
     """One job array per wave of groups (teachers, then students), through submitit; waits for the jobs and
     yields their runs' summaries. Ctrl-C stops the waiting, not the jobs."""
-    refuse_runs_across_devices(todo, "slurm")
     if options.workers != 1 or options.address:
         raise MixkdError("--workers and --address are for the local and Ray executors; on Slurm each lockstep "
                          "group is a job, and --array-parallelism caps how many run at once")
@@ -84,8 +85,9 @@ def slurm(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Itera
     if opts.time is None:
         raise MixkdError("--executor slurm needs --time HH:MM: each job's limit (a job that reaches it is requeued "
                          "and its runs resume from their checkpoints)")
-    executor = _executor(opts, ctx)
-    return _submitted(executor, todo, ctx.job, opts.cluster)
+    executor, gpus = _executor(opts, ctx)
+    cpus = math.ceil(ctx.study.file.resources.cpus_per_run)
+    return _submitted(executor, todo, ctx.job, opts.cluster, gpus, cpus)
 
 
 def _executor(opts: SlurmOptions, ctx: RunContext):
@@ -105,10 +107,11 @@ def _executor(opts: SlurmOptions, ctx: RunContext):
         cpus_per_task=math.ceil(resources.cpus_per_run), slurm_partition=opts.partition,
         slurm_array_parallelism=opts.array_parallelism,
         slurm_additional_parameters=dict(opts.extra) or None)
-    return executor
+    return executor, gpus
 
 
-def _submitted(executor, todo: list[Group], job: Job, cluster: str) -> Iterator[dict]:
+def _submitted(executor, todo: list[Group], job: Job, cluster: str, gpus: int = 0, cpus: int = 1
+               ) -> Iterator[dict]:
     log = JobLog(job.out, cluster)
     queued = log.live()
     groups = [kept for group in todo if (kept := [s for s in group if s.run_id not in queued])]
@@ -124,7 +127,10 @@ def _submitted(executor, todo: list[Group], job: Job, cluster: str) -> Iterator[
             if jobs and cluster != "slurm":  # no dependencies off Slurm: the teachers' jobs end first
                 yield from _results(jobs)
                 jobs = []
-            jobs += _submit(executor, wave, job, log, after=[j.job_id for j in jobs])
+            after = [j.job_id for j in jobs]
+            for n in sorted({devices(g[0]) for g in wave}):  # an array per size: its jobs ask alike
+                executor.update_parameters(gpus_per_node=gpus * n, cpus_per_task=cpus * n)
+                jobs += _submit(executor, [g for g in wave if devices(g[0]) == n], job, log, after)
         yield from _results(jobs)
     except (KeyboardInterrupt, GeneratorExit):
         if jobs:
