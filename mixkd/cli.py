@@ -189,6 +189,7 @@ def cmd_list(args) -> int:
         written = metrics_written()
         for name in matching(list(written), args.pattern):
             print(f"{name:<24} {written[name]}")
+        print(f"{'ema_<metric>':<24} any of these, of the weights' EMA (recipes with ema_decay)")
         return 0
     registry = COMPONENTS[args.kind]
     for name in registry.names(args.pattern):

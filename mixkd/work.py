@@ -190,7 +190,9 @@ def _train_and_record(runs: list[tuple[RunSpec, RunDir]], trackers: list[RunTrac
             journals = [TrackedJournal(d, t, ctx.data.num_train_images) for (_, d), t in zip(runs, trackers)]
             members = train_group([s.run for s, _ in runs], journals, ctx.data, ctx.engine, teacher,
                                   describe(lead), ctx.job.checkpoint_every, ctx.ranks)
-            outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model) for m in members]
+            outcomes = [m.error or (m.result(ctx.data, len(runs)), m.model,
+                                        m.ema.module if m.ema is not None else None)
+                        for m in members]
     except TeacherNotReady as e:
         return [skipped(spec, str(e)) for spec, _ in runs]
     except STOPS_THE_STUDY:
@@ -204,9 +206,11 @@ def _train_and_record(runs: list[tuple[RunSpec, RunDir]], trackers: list[RunTrac
         if isinstance(outcome, BaseException):
             result = failure(outcome)
         else:
-            result, model = outcome
+            result, model, ema = outcome
             try:
-                rundir.write_analysis(analyse_run(spec.run, model, teacher, ctx.data, ctx.device))
+                rundir.write_analysis(analyse_run(spec.run, model, teacher, ctx.data, ctx.device)
+                                      + (ema_rows(analyse_run(spec.run, ema, teacher, ctx.data, ctx.device))
+                                         if ema is not None else []))
                 result = {"status": "complete", **result}
             except STOPS_THE_STUDY:
                 raise
@@ -221,11 +225,17 @@ def _train_and_record(runs: list[tuple[RunSpec, RunDir]], trackers: list[RunTrac
     return summaries
 
 
-def _imported(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> tuple[dict, torch.nn.Module]:
+def _imported(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> tuple[dict, torch.nn.Module, None]:
     """A teacher given as a checkpoint: evaluated, and cached in its run directory like a trained one."""
     result, model = import_teacher(spec.run, spec.names.checkpoint, ctx.data, ctx.engine)
     rundir.save_checkpoint({"model": model.state_dict()})
-    return result, model
+    return result, model, None
+
+
+def ema_rows(rows: list[dict]) -> list[dict]:
+    """The analyses of a run's EMA of the weights (`recipe.ema_decay`), beside the model's: `ema_` before each
+    metric's name."""
+    return [{**r, "metric": f"ema_{r['metric']}"} for r in rows]
 
 
 # --- one run across devices ------------------------------------------------------------------------------------

@@ -124,6 +124,15 @@ def test_a_deit_style_run_resumes_exactly_and_its_ema_has_columns_of_its_own(tmp
     last = epochs[(epochs["run_id"] == scratch["run_id"]) & (epochs["epoch"] == 3)].iloc[0]
     assert last["ema_test_top1"] == scratch["ema_top1_last"] and 0 <= last["ema_test_top1"] <= 1
     assert epochs.loc[epochs["run_id"] == teacher["run_id"], "ema_test_top1"].isna().all()
+    # the EMA's analyses beside the model's, its top-1 the one its last epoch logged
+    metrics = pd.read_parquet(tmp_path / "resumed" / "metrics.parquet")
+    ema = metrics[metrics["metric"].str.startswith("ema_")]
+    assert set(ema["run_id"]) == set(runs.loc[["scratch", "student"], "run_id"])
+    student = metrics[metrics["run_id"] == runs.loc["student", "run_id"]]
+    assert {m for m in student["metric"] if m.startswith("ema_")} == {
+        f"ema_{m}" for m in student["metric"] if not m.startswith("ema_")}  # every analysis, distillation's too
+    top1 = ema[(ema["run_id"] == scratch["run_id"]) & (ema["metric"] == "ema_top1")]["value"].item()
+    assert top1 == pytest.approx(scratch["ema_top1_last"])
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
