@@ -224,7 +224,7 @@ def cmd_bench(args) -> int:
         from .bench.device_check import device_check
 
         report = device_check(args.out or "out/device-check", device, root, args.quick)
-        return 0 if all(report[part]["ok"] for part in ("tests", "bench", "train")) else 1
+        return 0 if all(report[part]["ok"] for part in ("tests", "bench", "loader", "train")) else 1
     if args.what == "loader":
         from .bench.loader import bench_loader, print_loader_bench
 

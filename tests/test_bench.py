@@ -124,6 +124,7 @@ def test_bench_rejects_an_unknown_model_in_a_pair(capsys):
     assert "resnet20" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29's, for TorchCodec
 def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
     """`mixkd bench device-check --quick`: the one call a GPU session makes first, at toy sizes, so it cannot
     rot: its three parts succeed and write what a device call brings back (seven files, one folder)."""
@@ -138,7 +139,8 @@ def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch):
                                                           "tests.txt", "train-epochs.csv", "train-runs.csv",
                                                           "train.txt"]
     report = json.loads((tmp_path / "device-check.json").read_text())
-    assert all(report[part]["ok"] for part in ("tests", "bench", "train")) and report["device"] == "cpu"
+    assert all(report[part]["ok"] for part in ("tests", "bench", "loader", "train")) and report["device"] == "cpu"
+    assert "decode_jpeg on cpu" in (tmp_path / "bench.txt").read_text()  # the loader's image-folder rows
     assert report["train"]["fused_size"] == 8 and report["train"]["runs"] == 9
     assert "engine fused 2" in (tmp_path / "bench.txt").read_text()
     assert {"torch", "date", "command"} <= report.keys()

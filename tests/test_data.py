@@ -262,7 +262,7 @@ def test_bench_loader_smoke(cifar_root):
     from mixkd.bench.loader import format_loader_bench, bench_loader
 
     rows = bench_loader(cifar_root, batches=3, batch_size=16, images=32)
-    assert [(r["data"], r["batches"]) for r in rows] == [("cifar100", 3)] * 2 + [("imagefolder", 1)] * 2
-    assert all(r["batches_per_s"] > 0 for r in rows)
+    assert [(r["data"], r["batches"]) for r in rows] == [("cifar100", 3)] * 3 + [("imagefolder", 1)] * 2
+    assert all(r["batches_per_s"] > 0 for r in rows) and "rand-m9-mstd0.5-inc1" in rows[2]["pipeline"]
     table = format_loader_bench(rows).splitlines()
-    assert len(table) == 5 and table[1].endswith("1.0×") and table[3].endswith("1.0×")
+    assert len(table) == 6 and table[1].endswith("1.0×") and table[4].endswith("1.0×")

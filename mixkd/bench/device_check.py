@@ -3,8 +3,9 @@
 GPU time is scarce and comes without network, so everything it should answer runs from one command of at
 most ~8 minutes that needs nothing but the repository: (1) the tests that need CUDA, (2) `mixkd bench` on
 real CIFAR-100 if a root is given, else on random images of its shape (the throughput does not depend on
-the pixels), with fused lockstep beside unfused, (3) a short real training of resnet56 → resnet20 in
-fused lockstep of 8 through `mixkd run`. Each part's outcome, time and numbers go to JSON under `--out`,
+the pixels), with fused lockstep beside unfused, (3) `mixkd bench loader` (image folders: PIL against
+decode on the device; with a root, CIFAR-100's loaders and RandAugment on the device), (4) a short real
+training of resnet56 → resnet20 in fused lockstep of 8 through `mixkd run`. Each part's outcome, time and numbers go to JSON under `--out`,
 with the device, versions, command and date, to be committed under `results/bench/`. `--quick` is the same
 on the CPU at toy sizes: the test suite runs it so the check cannot rot.
 """
@@ -23,13 +24,16 @@ import pandas as pd
 import torch
 
 from .engine import bench_engine, environment, format_engine_bench
+from .loader import bench_loader, format_loader_bench
 
 # (teacher, student) pairs, lockstep sizes, timed and warm-up steps, training epochs: full, and --quick
 FULL = {"pairs": (("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "resnet8x4")),
         "lockstep": (8,), "steps": 50, "warmup": 10, "images": 50_000, "teacher": "resnet56",
-        "student": "resnet20", "epochs": 2, "train_size": 10_000, "test_size": 10_000}
+        "student": "resnet20", "epochs": 2, "train_size": 10_000, "test_size": 10_000,
+        "loader": {"batches": 200, "batch_size": 64, "images": 512}}
 QUICK = {"pairs": (("resnet8", "resnet8"),), "lockstep": (2,), "steps": 1, "warmup": 1, "images": 256,
-         "teacher": "resnet8", "student": "resnet8", "epochs": 1, "train_size": 64, "test_size": 32}
+         "teacher": "resnet8", "student": "resnet8", "epochs": 1, "train_size": 64, "test_size": 32,
+         "loader": {"batches": 10, "batch_size": 8, "images": 16}}
 
 
 def device_check(out: str | Path, device: torch.device, data_root: str | None = None, quick: bool = False,
@@ -42,7 +46,7 @@ def device_check(out: str | Path, device: torch.device, data_root: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": str(device), "quick": quick, "data": data_root or "random images of CIFAR-100's shape",
               **environment(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    for name, part in (("tests", _tests), ("bench", _bench), ("train", _train)):
+    for name, part in (("tests", _tests), ("bench", _bench), ("loader", _loader), ("train", _train)):
         clock = time.perf_counter()
         log(f"device-check: {name} ...")
         try:
@@ -77,6 +81,16 @@ def _bench(out: Path, device: torch.device, data_root: str | None, size: dict) -
     (out / "bench.txt").write_text(format_engine_bench(rows) + "\n")
     return {"rows": len(rows), "images_per_s": {f"{r['pair']} {r['mode']}": round(r["images_per_s"], 1)
                                                 for r in rows}}
+
+
+def _loader(out: Path, device: torch.device, data_root: str | None, size: dict) -> dict:
+    """`mixkd bench loader`: image folders decoded by PIL in workers against `decode: device` (which of the two
+    is faster on a GPU is what it answers), and with a root CIFAR-100's loaders, RandAugment on the device
+    too; its table goes under the engine's in bench.txt."""
+    rows = bench_loader(data_root, device, **size["loader"])
+    with (out / "bench.txt").open("a") as f:
+        f.write("\n" + format_loader_bench(rows) + "\n")
+    return {"images_per_s": {f"{r['data']} {r['pipeline']}": round(r["images_per_s"], 1) for r in rows}}
 
 
 def _train(out: Path, device: torch.device, data_root: str | None, size: dict) -> dict:

@@ -50,6 +50,9 @@ def _epochs(loader: Iterable, device: torch.device):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+DEIT_AUGMENT = "rand-m9-mstd0.5-inc1"  # DeiT's and TransMix's RandAugment, on the device
+
+
 def bench_loader(data_root: str | Path | None, device: str | torch.device = "cpu", batches: int = 200,
                  batch_size: int = 64, images: int = 512) -> list[dict]:
     """One row per pipeline: CIFAR-100's where `data_root` holds it, then those of a generated folder of
@@ -71,11 +74,14 @@ def _cifar_rows(data_root: str | Path, device: torch.device, batches: int, batch
         return _epochs(torch.utils.data.DataLoader(train, batch_size, shuffle=True, num_workers=2,
                                                    pin_memory=device.type == "cuda"), device)
 
-    def device_pipeline():
-        return _epochs(create_dataset("cifar100", data_root).train_loader(batch_size, device, seed=0), device)
+    def device_pipeline(augment=None):
+        data = create_dataset("cifar100", data_root)
+        return lambda: _epochs(data.train_loader(batch_size, device, seed=0, augment=augment), device)
 
     rows = [_measure("torchvision DataLoader, 2 workers", torchvision_pipeline, device, batches, batch_size),
-            _measure("mixkd DeviceLoader", device_pipeline, device, batches, batch_size)]
+            _measure("mixkd DeviceLoader", device_pipeline(), device, batches, batch_size),
+            _measure(f"mixkd DeviceLoader + {DEIT_AUGMENT}", device_pipeline(DEIT_AUGMENT), device, batches,
+                     batch_size)]
     return [{"data": "cifar100", **r} for r in rows]
 
 
@@ -121,11 +127,12 @@ def format_loader_bench(rows: list[dict]) -> str:
     base = {}
     for r in rows:
         base.setdefault(r["data"], r["batches_per_s"])
-    lines = [f"{'data':<13}{'pipeline':<36}{'device':>8}{'setup s':>10}{'batches/s':>12}{'images/s':>12}"
+    width = max(36, *(len(r["pipeline"]) + 2 for r in rows))
+    lines = [f"{'data':<13}{'pipeline':<{width}}{'device':>8}{'setup s':>10}{'batches/s':>12}{'images/s':>12}"
              f"{'speedup':>9}"]
     for r in rows:
         speedup = r["batches_per_s"] / base[r["data"]]
-        lines.append(f"{r['data']:<13}{r['pipeline']:<36}{r['device']:>8}{r['setup_s']:>10.2f}"
+        lines.append(f"{r['data']:<13}{r['pipeline']:<{width}}{r['device']:>8}{r['setup_s']:>10.2f}"
                      f"{r['batches_per_s']:>12.1f}{r['images_per_s']:>12.0f}{speedup:>8.1f}×")
     return "\n".join(lines)
 
