@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import Recipe
+from .config import SGD, Recipe
 from .registry import Registry
 
 # an optimizer: (model, extra, lr, recipe, engine, **hyperparameters) → a torch optimizer over the model's
@@ -70,6 +70,16 @@ def rmsproptf(model, extra, lr, recipe, engine, alpha: float = 0.9, eps: float =
 def lars(model, extra, lr, recipe, engine, momentum: float = 0.9, trust_coeff: float = 0.001):
     """LARS, layer-wise adaptive rate scaling for large-batch SGD."""
     return _timm("lars", model, extra, lr, recipe, momentum=momentum, trust_coeff=trust_coeff)
+
+
+def try_optimizer(recipe: Recipe) -> None:
+    """Build the recipe's optimizer over a dummy layer and step it once, so that hyperparameters it cannot take
+    fail when the study is read (mixkd's SGD takes none of its own)."""
+    if recipe.optimizer == SGD:
+        return
+    layer = nn.Linear(2, 2)
+    layer(torch.ones(1, 2)).sum().backward()
+    build_optimizer(layer, [], recipe, None).step()
 
 
 def build_optimizer(model: nn.Module, extra: list, recipe: Recipe, engine) -> torch.optim.Optimizer:

@@ -49,6 +49,9 @@ def timm_schedule(t: float, epochs: int, sched: str = "cosine", min_factor: floa
     return scheduler._get_lr(t if per_step else math.floor(t))[0]
 
 
+TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly")
+
+
 @lru_cache(maxsize=32)
 def _timm_scheduler(sched: str, epochs: int, min_factor: float, warmup_factor: float, warmup_epochs: int,
                     warmup_prefix: bool, cooldown_epochs: int, decay_epochs: float, decay_milestones: tuple,
@@ -60,6 +63,13 @@ def _timm_scheduler(sched: str, epochs: int, min_factor: float, warmup_factor: f
 
     if sched == "plateau":
         raise ValueError("plateau steps on a validation metric, which mixkd's schedules do not see")
+    if sched not in TIMM_SCHEDULES:
+        raise ValueError(f"sched {sched!r} is none of timm's epoch schedules: {', '.join(TIMM_SCHEDULES)}")
+    for name, value in (("warmup_epochs", warmup_epochs), ("cooldown_epochs", cooldown_epochs)):
+        if value < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {value}")
+    if epochs < 1:
+        raise ValueError(f"cooldown_epochs ({cooldown_epochs}) leaves no epoch of the run to the schedule")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler, _ = create_scheduler_v2(optimizer, sched, epochs, decay_epochs, list(decay_milestones),
                                        cooldown_epochs, decay_rate=decay_rate, min_lr=min_factor,

@@ -26,7 +26,7 @@ from .errors import ConfigError, MixkdError, StudyWarning
 from .losses import LOSSES
 from .mixing import MIXERS
 from .models import is_known_model, unknown_model_message
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, try_optimizer
 from .schedules import SCHEDULES
 from .schema import coerce, from_dict, resolve_component
 from .study_checks import (check_fits, check_methods_fit, check_mixes_fit, check_model_args, training_images,
@@ -289,6 +289,11 @@ def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int 
         SCHEDULES.get(recipe.schedule.name)(0.0, recipe.epochs, **recipe.schedule.kwargs())
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}.schedule", str(e)) from None
+    try:  # likewise an optimizer's (betas of one number): built once over a dummy parameter
+        try_optimizer(recipe)
+    except (ValueError, TypeError, IndexError) as e:
+        raise ConfigError(f"{path}.optimizer", f"{recipe.optimizer.name} cannot be built with "
+                                               f"{recipe.optimizer.kwargs()}: {e}") from None
     if recipe.clip_grad is not None:
         _positive(recipe.clip_grad, f"{path}.clip_grad")
     _positive(recipe.devices, f"{path}.devices")

@@ -72,6 +72,8 @@ def selected(section: list, flags: list[str] | None) -> tuple[Component, ...]:
     (`none`: no tracker, whatever the study says), each one's package checked before any run starts."""
     names = [n.strip() for flag in flags or [] for n in flag.split(",") if n.strip()]
     if "none" in names:
+        if len(set(names)) > 1:
+            raise MixkdError(f"--track {','.join(names)}: none turns every tracker off; it goes alone")
         return ()
     for name in names:
         if name not in TRACKERS:

@@ -89,6 +89,8 @@ def test_the_default_optimizer_moves_no_run_id_and_new_settings_do():
     ({"clip_grad": 0}, "students.s.recipe.clip_grad: must be > 0"),
     ({"clip_grad": 1.0, "clip_mode": "l2"}, "clip_mode"),
     ({"random_erasing": 1.5}, "students.s.recipe.random_erasing: must be in (0, 1]"),
+    ({"optimizer": {"name": "adamw", "betas": [0.9]}}, "students.s.recipe.optimizer: adamw cannot be built"),
+    ({"augment": "rand-m9-inc1-zz"}, "recipe.augment: augment 'rand-m9-inc1-zz': unknown section 'zz'"),
     ({"ema_decay": 1}, "students.s.recipe.ema_decay: must be in (0, 1)"),
 ])
 def test_bad_recipe_settings_are_one_line(recipe, says):
@@ -181,14 +183,17 @@ def test_the_timm_schedule_is_timms_scheduler_stepped_per_epoch_as_its_train_py_
         theirs.append(optimizer.param_groups[0]["lr"])
         scheduler.step(epoch + 1)
     params = {"min_factor": 0.01, "warmup_factor": 1e-3, "warmup_epochs": 5, "cooldown_epochs": 3}
-    ours = [1e-3 * SCHEDULES.get("timm")(epoch + frac, total, **params) for epoch in range(total) for frac in (0, .7)]
+    timm = SCHEDULES.get("timm")
+    ours = [1e-3 * timm(epoch + frac, total, **params) for epoch in range(total) for frac in (0, .7)]
     assert total == 33 and ours[::2] == pytest.approx(theirs, rel=1e-12) and ours[1::2] == ours[::2]
     per_step = [SCHEDULES.get("timm")(t, 33, per_step=True, **params) for t in (10.0, 10.5, 11.0)]
     assert per_step[0] > per_step[1] > per_step[2]
 
 
 @pytest.mark.parametrize("schedule, says", [({"name": "timm", "sched": "plateau"}, "validation metric"),
-                                            ({"name": "timm", "sched": "bogus"}, "bogus")])
+                                            ({"name": "timm", "sched": "cosinee"}, "cosinee.*cosine, tanh"),
+                                            ({"name": "timm", "warmup_epochs": -1}, "warmup_epochs must be ≥ 0"),
+                                            ({"name": "timm", "cooldown_epochs": 2}, "leaves no epoch")])
 def test_a_timm_schedule_that_cannot_work_is_one_line_when_read(schedule, says):
     with pytest.raises(ConfigError, match=rf"students.s.recipe.schedule: .*{says}") as e:
         scratch({"schedule": schedule})

@@ -16,7 +16,7 @@ from wandb.proto import wandb_internal_pb2
 
 from mixkd import trackers
 from mixkd.cli import main
-from mixkd.errors import ConfigError
+from mixkd.errors import ConfigError, MixkdError
 from mixkd.rundir import RunDir
 from mixkd.study import load_study, parse_study
 from tiny import run, tiny_study, write
@@ -241,3 +241,9 @@ def test_a_track_section_moves_no_run_id(tmp_path, capsys):
         assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1]
+
+
+def test_none_goes_alone_on_the_command_line():
+    with pytest.raises(MixkdError, match="none turns every tracker off; it goes alone"):
+        trackers.selected([], ["none,tensorboard"])
+    assert trackers.selected(["tensorboard"], ["none"]) == ()

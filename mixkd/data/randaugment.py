@@ -15,6 +15,7 @@ bicubic with torch's a = -0.75 where PIL's is -0.5) and fill what falls outside 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from ..errors import MixkdError
 
+SECTION = re.compile(r"^(t.+|(m|n|p|mstd|mmax|inc)\d.*)$")  # the sections timm's RandAugment string reads
 LEVEL_DENOM = 10.0  # timm's magnitude scale: M10 is the strongest level
 # op name → level (B,), sign (B,) ±1, hparams → argument (B,): timm's `LEVEL_TO_ARG`, per image
 LEVELS: dict[str, Callable[[Tensor, Tensor, dict], Tensor]] = {
@@ -196,6 +198,12 @@ class RandAugment:
     def parse(cls, config: str, translate_pct: float = 0.45, interpolation: str = "random") -> "RandAugment":
         from timm.data.auto_augment import rand_augment_transform
 
+        sections = config.split("-")[1:]
+        unknown = [s for s in sections if not SECTION.match(s)]
+        if unknown:  # timm skips a section without a digit silently
+            raise MixkdError(f"augment {config!r}: unknown section {unknown[0]!r}; a timm RandAugment string is "
+                             f"rand-<sections> of m<magnitude>, n<layers>, p<prob>, mstd<std>, mmax<max>, "
+                             f"inc<0|1>, t<transforms>, e.g. 'rand-m9-mstd0.5-inc1'")
         try:
             policy = rand_augment_transform(config, {"translate_pct": translate_pct})
         except (AssertionError, ValueError, KeyError) as e:

@@ -132,6 +132,9 @@ def _submitted(executor, todo: list[Group], job: Job, cluster: str, gpus: int = 
                 executor.update_parameters(gpus_per_node=gpus * n, cpus_per_task=cpus * n)
                 jobs += _submit(executor, [g for g in wave if devices(g[0]) == n], job, log, after)
         yield from _results(jobs)
+        template = job.out / "slurm" / "%j"  # submitit's folder template, made a folder of its own: empty
+        if template.is_dir() and not any(template.iterdir()):
+            template.rmdir()
     except (KeyboardInterrupt, GeneratorExit):
         if jobs:
             print(f"\nmixkd: stopped waiting; the jobs go on ({_job_list(jobs)}): `mixkd ls` shows them, "
