@@ -111,7 +111,7 @@ def test_same_seed_same_images_and_grey_images_work():
     assert torch.equal(COLOUR_OPS["Color"](grey.float(), torch.full((32,), 0.3)), grey.float())  # no colour
 
 
-@pytest.mark.parametrize("config, says", [("rand-x9", "not a timm RandAugment string"),
+@pytest.mark.parametrize("config, says", [("rand-x9", "unknown section 'x9'"),
                                           ("augmix-m5", "not a timm RandAugment string"),
                                           ("rand-m9-t3a", "no device version")])
 def test_a_bad_policy_is_one_line(config, says):
