@@ -162,7 +162,9 @@ def test_list_metrics_names_every_metric_a_study_writes(finished, capsys):
     from mixkd.cli import main
 
     assert main(["list", "metrics"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    *lines, ema = capsys.readouterr().out.splitlines()
+    assert ema.startswith("ema_<metric>")  # the same metrics of a recipe's EMA of the weights
+    listed = [line.split()[0] for line in lines]
     written = set(pd.read_parquet(finished[1] / "metrics.parquet")["metric"])
     assert sorted(listed) == sorted(written) and len(listed) == 23
 

@@ -167,8 +167,9 @@ def test_on_submitits_local_cluster_a_preempted_job_resumes_and_a_killed_one_res
     assert summaries(killed, study)[student] is None
     assert main(["ls", str(path), "--out", str(killed)]) == 0
     assert str(JobLog(killed).latest()[student][0]) in capsys.readouterr().out  # its last job is shown
+    checkpoint = RunDir(killed, student).training_state()["epoch"]  # 2 or 3: the kill may beat epoch 3's save
     assert run(path, killed, *LOCAL) == 0
-    assert summaries(killed, study)[student]["resumed_from_epoch"] >= 3
+    assert summaries(killed, study)[student]["resumed_from_epoch"] == checkpoint >= 2
     assert first_difference(killed, reference) is None
 
 
