@@ -21,7 +21,7 @@ from .config import NO_MIX, Component, Mix, RunConfig, RunSpec
 from .data import DATASETS, MINIMUMS
 from .errors import ConfigError, MixkdError, StudyWarning
 from .losses import LOSSES, FeatureLoss, probe
-from .mixing import MIXERS, MODEL_NEEDS
+from .mixing import MIXERS, MODEL_NEEDS, WITHOUT_RELABEL
 from .models import MODELS, TIMM_PREFIX, meta_model
 from .models.checkpoint import teacher_state
 from .schema import coerce
@@ -181,14 +181,14 @@ def _mixed_models(r: RunSpec) -> list[tuple[str, str, bool]]:
 def _computation(run: RunConfig) -> dict:
     """What a run computes, whatever it is called: a teacher trains as a scratch run does; a student whose
     loss reads no teacher (ce) is a scratch run, with the mix only if it sees the mixed batch; TransMix where
-    the student sees clean images relabels nothing, so it is CutMix."""
+    the student sees clean images relabels nothing, so it is CutMix (`WITHOUT_RELABEL`)."""
     c = {**run.as_dict(), "role": None}
     if run.distill is None:
         return c
     if not LOSSES.get(run.loss.name).uses_teacher:
         return {**c, "distill": None, "mix": c["mix"] if run.view.student_mixed else NO_MIX.as_dict()}
-    if run.mix.name == "transmix" and not run.view.student_mixed:
-        return {**c, "mix": {**c["mix"], "name": "cutmix"}}
+    if run.mix.name in WITHOUT_RELABEL and not run.view.student_mixed:
+        return {**c, "mix": {**c["mix"], "name": WITHOUT_RELABEL[run.mix.name]}}
     return c
 
 

@@ -87,8 +87,10 @@ def test_what_cannot_fuse_trains_beside_the_fused_as_it_would_alone():
     assert stochastic(create_model("timm/vit_tiny_patch16_224", num_classes=4, img_size=16, patch_size=4,
                                    drop_path_rate=0.1))
     assert not stochastic(create_model("resnet8", num_classes=4))
-    assert [plain_mixer(Mixer(n)) for n in ("mixup", "cutmix", "pmu", "resizemix", "manifold_mixup")] == [
-        True, True, True, True, False]
+    names = ("mixup", "cutmix", "pmu", "resizemix", "mixup_cutmix",
+             "manifold_mixup", "transmix", "mixup_transmix")
+    assert [plain_mixer(Mixer(n)) for n in names] == [True] * 5 + [False] * 3
+    assert not plain_mixer(Mixer("mixup_transmix", {"switch_prob": 0.0}))  # whose every draw is a mixup one
     study = grid_study(mix=["manifold_mixup"], mixed_view=["student", "teacher"], temperature=[4],
                        loss=["kd", {"name": "fitnet", "hint_layer": 1}])
     apart, fused = train(study, False), train(study, True)

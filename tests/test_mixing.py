@@ -12,11 +12,12 @@ from mixkd.mixing import MIXERS, Mixer, MixResult, fmu, manifold_mixup, mixup, p
 from mixkd.models import create_model
 from mixkd.models.base import Features
 
-NAMES = ["none", "mixup", "cutmix", "fmu", "pmu", "manifold_mixup", "resizemix"]
+NAMES = ["none", "mixup", "cutmix", "fmu", "pmu", "manifold_mixup", "resizemix", "mixup_cutmix"]
 # every variant, with its non-default options too
 CONFIGS = [(n, {}) for n in NAMES] + [
     ("mixup", {"per_sample": True}), ("cutmix", {"per_sample": True}), ("resizemix", {"per_sample": True}),
-    ("pmu", {"reference_sampling": True}), ("resizemix", {"interpolation": "bilinear"})]
+    ("pmu", {"reference_sampling": True}), ("resizemix", {"interpolation": "bilinear"}),
+    ("mixup_cutmix", {"switch_prob": 0.0}), ("mixup_cutmix", {"switch_prob": 1.0})]
 
 
 def batch(n=8, c=3, h=8, w=8, classes=5, seed=0, dtype=torch.float64):
@@ -166,6 +167,67 @@ def test_per_sample_lambda_is_beta(mixer, alpha):
     res = MIXERS.get(mixer)(x, y, rng(7), alpha=alpha, **params)
     lam = res.lam[res.index != torch.arange(2000)] if mixer == "pmu" else res.lam  # pmu: the mixed half
     assert stats.kstest(lam.numpy(), stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+def _timm_switch_draws(n: int, h: int, switch_prob: float) -> tuple[list[bool], list[float]]:
+    """timm's `Mixup` (DeiT's mixing) applied n times: whether each batch was CutMix, and its λ."""
+    from timm.data import Mixup
+
+    timm_mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=switch_prob, label_smoothing=0.0,
+                     num_classes=4)
+    np.random.seed(0)
+    cut, lams = [], []
+    for s in range(n):
+        x, y = batch(n=4, c=1, h=h, w=h, classes=4, seed=s, dtype=torch.float32)
+        out, target = timm_mix(x.clone(), y)
+        cut.append(bool(((out == x) | (out == x.flip(0))).all()))
+        lams.append(float(target[0, y[0]]) if y[0] != y[3] else float("nan"))  # pairs: i and B-1-i
+    return cut, lams
+
+
+def _my_switch_draws(name: str, n: int, h: int, switch_prob: float) -> tuple[list[bool], list[float]]:
+    cut, lams = [], []
+    for s in range(n):
+        x, y = batch(n=4, c=1, h=h, w=h, classes=4, seed=s, dtype=torch.float32)
+        res = MIXERS.get(name)(x, y, rng(s), switch_prob=switch_prob)
+        cut.append(res.mask is not None)
+        lams.append(float(res.lam[0]))
+    return cut, lams
+
+
+@pytest.mark.parametrize("switch_prob", [0.5, 0.8])
+def test_mixup_cutmix_switches_as_timm_s_mixup(switch_prob):
+    """DeiT's mixing against timm's own: the share of CutMix batches, and λ's law within each branch (CutMix:
+    the clipped box's area; mixup: Beta(0.8, 0.8))."""
+    mine_cut, mine_lam = map(np.array, _my_switch_draws("mixup_cutmix", 1200, 16, switch_prob))
+    timm_cut, timm_lam = map(np.array, _timm_switch_draws(1200, 16, switch_prob))
+    for cut in (mine_cut, timm_cut):
+        assert stats.binomtest(int(cut.sum()), len(cut), switch_prob).pvalue > 1e-3
+    for branch in (True, False):
+        theirs = timm_lam[(timm_cut == branch) & ~np.isnan(timm_lam)]
+        assert stats.ks_2samp(mine_lam[mine_cut == branch], theirs).pvalue > 1e-3
+    assert stats.kstest(mine_lam[~mine_cut], stats.beta(0.8, 0.8).cdf).pvalue > 1e-3
+
+
+def test_mixup_cutmix_is_one_of_its_branches_with_the_same_draws():
+    x, y = batch(n=6, h=9, w=9)
+    for seed in range(6):
+        res, turn = MIXERS.get("mixup_cutmix")(x, y, rng(seed), mixup_alpha=0.3, cutmix_alpha=2.0), rng(seed)
+        branch = (MIXERS.get("cutmix")(x, y, turn, alpha=2.0) if turn.random() < 0.5
+                  else mixup(x, y, turn, alpha=0.3))
+        for f in ("x", "lam", "index", "mask"):
+            va, vb = getattr(res, f), getattr(branch, f)
+            assert (va is None and vb is None) or torch.equal(va, vb), f
+
+
+@pytest.mark.parametrize("params, says", [({"mixup_alpha": 0.0}, "mixup_alpha must be > 0"),
+                                          ({"cutmix_alpha": -1.0}, "cutmix_alpha must be > 0"),
+                                          ({"switch_prob": 1.5}, "switch_prob must be in")])
+def test_the_switch_refuses_what_either_branch_would_on_every_draw(params, says):
+    x, y = batch()
+    for seed in range(4):  # whichever branch the draw takes
+        with pytest.raises(ValueError, match=says):
+            MIXERS.get("mixup_cutmix")(x, y, rng(seed), **params)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])

@@ -599,7 +599,10 @@ def test_an_exclude_that_matches_nothing_is_a_warning():
      "(mix transmix, T 4, view teacher, loss kd, seed 0) = student t1→s1 (mix cutmix, T 4, view teacher"),
     ({"teachers": {"t1": {"model": "cnn_tiny"}}, "grid": {"seeds": [0]}},
      "scratch s1 (mix none, seed 0) = teacher t1 (mix none, seed 0)"),
-], ids=["ce-student", "transmix-teacher-view", "teacher-is-scratch"])
+    ({"grid": {"mix": ["mixup_cutmix", "mixup_transmix"], "mixed_view": ["teacher"], "seeds": [0]},
+      "baselines": False},
+     "(mix mixup_transmix, T 4, view teacher, loss kd, seed 0) = student t1→s1 (mix mixup_cutmix, T 4"),
+], ids=["ce-student", "transmix-teacher-view", "teacher-is-scratch", "deit-transmix-teacher-view"])
 def test_runs_that_repeat_another_run_are_a_warning(overrides, says):
     with pytest.warns(StudyWarning, match="would train what another run trains") as caught:
         parse_study(study(**overrides))
@@ -803,9 +806,9 @@ EXPECTED = {
     "mixkd_paper": (_mixkd_paper_count(), 3442),
     # 4 teachers; 4 students × 5 mixes × 3 seeds; 4 pairs × 5 mixes × T 4 × view student × kd × 3 seeds.
     "kd_baselines": (expected_runs(4, 4, 4, ["none", "mixup", "cutmix", "fmu", "pmu"], 1, ["student"], 1, 3), 124),
-    # 1 teacher; 1 student × 4 mixes × 3 seeds; (grid KD + the DeiT-soft include) × 4 mixes × 3 seeds.
-    "transmix_cifar": (expected_runs(1, 1, 1, ["none", "mixup", "cutmix", "transmix"], 1, ["both"], 1, 3)
-                       + 4 * 3, 37),
+    # 1 teacher; 1 student × 6 mixes × 3 seeds; (grid KD + the DeiT-soft include) × 6 mixes × 3 seeds.
+    "transmix_cifar": (expected_runs(1, 1, 1, ["none", "mixup", "cutmix", "transmix", "mixup_cutmix",
+                                               "mixup_transmix"], 1, ["both"], 1, 3) + 6 * 3, 55),
 }
 
 
@@ -896,7 +899,8 @@ def test_transmix_cifar_grid(shipped):
     assert {(r.config["recipe"]["optimizer"]["name"], r.config["recipe"]["augment"], r.config["recipe"]["ema_decay"])
             for r in vit} == {("adamw", "rand-m9-mstd0.5-inc1", 0.99996)}
     assert not {"optimizer", "augment", "ema_decay"} & set(teacher.config["recipe"])
-    assert {r.config["mix"]["name"] for r in by_role(s, "scratch")} == {"none", "mixup", "cutmix", "transmix"}
+    assert {r.config["mix"]["name"] for r in by_role(s, "scratch")} == {"none", "mixup", "cutmix", "transmix",
+                                                                         "mixup_cutmix", "mixup_transmix"}
     students = by_role(s, "student")
     assert {r.config["distill"]["mixed_view"] for r in students} == {"none", "both"}
     assert {(r.config["distill"]["temperature"], r.config["distill"]["loss"]["kd_weight"]) for r in students} == {
@@ -908,7 +912,9 @@ def test_transmix_imagenet_reads_without_its_data_and_runs_transmix_recipe():
     assert len(s.runs) == 11 and s.dataset.name == "imagefolder"
     teachers = by_role(s, "teacher")
     assert {(t.config["model"], t.config["mix"]["name"]) for t in teachers} == {
-        ("timm/deit_small_patch16_224", "cutmix"), ("timm/deit_small_patch16_224", "transmix")}
+        ("timm/deit_small_patch16_224", "mixup_cutmix"), ("timm/deit_small_patch16_224", "mixup_transmix")}
+    assert {(t.config["mix"]["mixup_alpha"], t.config["mix"]["cutmix_alpha"], t.config["mix"]["switch_prob"])
+            for t in teachers} == {(0.8, 1.0, 0.5)}
     recipes = [r.config["recipe"] for r in s.runs]
     assert {(r["optimizer"]["name"], r["lr"], r["weight_decay"], r["epochs"], r["augment"], r["ema_decay"])
             for r in recipes} == {("adamw", 1e-3, 0.03, 310, "rand-m9-mstd0.5-inc1", 0.99996)}

@@ -42,11 +42,11 @@ def test_resnet8_learns_in_one_epoch_on_2000_cifar100_images(cifar_root):
 # Every mixer with the interpolated-teacher view; `both` where the teacher's forward differs (hidden-state
 # mixing, attention relabelling). Each view's routing is tested exactly in test_distill.py.
 @pytest.mark.parametrize("mixer, view", [(m, "student") for m in MIXERS.names()] +
-                         [("manifold_mixup", "both"), ("transmix", "both")])
+                         [("manifold_mixup", "both"), ("transmix", "both"), ("mixup_transmix", "both")])
 def test_every_mixer_trains_through_the_loop(mixer, view, tmp_path):
     student = ({"model": "timm/vit_tiny_patch16_224",
                 "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}}
-               if mixer == "transmix" else {"model": "cnn_tiny"})
+               if "transmix" in mixer else {"model": "cnn_tiny"})
     study = {"name": "mixers", "dataset": {"name": "synthetic", "train_size": 64, "test_size": 16},
              "recipe": {"epochs": 1, "batch_size": 32, "schedule": "constant"},
              "teachers": {"t": {"model": "cnn_small"}}, "students": {"s": student},

@@ -89,6 +89,25 @@ def test_mixer_is_cutmix_box():
         assert torch.equal(getattr(a, name), getattr(b, name))
 
 
+def test_mixup_transmix_relabels_its_cutmix_batches_only():
+    """TransMix's own recipe: DeiT's switch, whose CutMix batches (half, in law) are TransMix's and whose mixup
+    batches are plain mixup, relabelled by nothing."""
+    net = create_model("timm/vit_tiny_patch16_224", **TINY_VIT)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    kinds = []
+    for seed in range(40):
+        mix = Mixer("mixup_transmix", {"mixup_alpha": 0.4})(x, y, np.random.default_rng(seed))
+        turn = np.random.default_rng(seed)
+        cut = turn.random() < 0.5
+        same = cutmix(x, y, turn, alpha=1.0) if cut else MIXERS.get("mixup")(x, y, turn, alpha=0.4)
+        assert isinstance(mix, TransMixResult) == cut
+        assert torch.equal(mix.x, same.x) and torch.equal(mix.lam, same.lam)
+        _, final = mix.forward_student(net, x)
+        assert torch.equal(final.lam, mix.lam) != cut  # relabelled where CutMix, as it was where mixup
+        kinds.append(cut)
+    assert 10 < sum(kinds) < 30
+
+
 def test_training_step_relabels_with_student_attention():
     torch.manual_seed(0)
     net = create_model("timm/vit_tiny_patch16_224", **TINY_VIT)

@@ -43,7 +43,9 @@ class Mixer:
 
 # Importing the variants registers them.
 from . import mixers, transmix  # noqa: E402,F401
-from .mixers import cutmix, fmu, manifold_mixup, mixup, none, pmu, resizemix  # noqa: E402
+from .mixers import cutmix, fmu, manifold_mixup, mixup, mixup_cutmix, none, pmu, resizemix  # noqa: E402
+from .transmix import WITHOUT_RELABEL, mixup_transmix  # noqa: E402
 
-__all__ = ["MIXERS", "MODEL_NEEDS", "MixResult", "Mixer", "cutmix", "fmu", "identity", "manifold_mixup",
-           "mixup", "none", "pmu", "resizemix", "smooth_one_hot"]
+__all__ = ["MIXERS", "MODEL_NEEDS", "MixResult", "Mixer", "WITHOUT_RELABEL", "cutmix", "fmu", "identity",
+           "manifold_mixup", "mixup", "mixup_cutmix", "mixup_transmix", "none", "pmu", "resizemix",
+           "smooth_one_hot"]

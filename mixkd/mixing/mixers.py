@@ -185,3 +185,27 @@ def resizemix(x: Tensor, y: Tensor, rng: np.random.Generator, scale: Sequence[fl
     box = boxes(rng, tau, h, w)
     return pasted(x, y, index, box,
                   lambda s, y0, y1, x0, x1: F.interpolate(s, size=(y1 - y0, x1 - x0), mode=interpolation))
+
+
+def switched(x: Tensor, y: Tensor, rng: np.random.Generator, mixup_alpha: float, cutmix_alpha: float,
+             switch_prob: float, cut: Callable = cutmix) -> MixResult:
+    """DeiT's mixing, timm's `Mixup` in mode 'batch': each batch is `cut` (CutMix, box λ corrected to its area)
+    with probability `switch_prob`, else mixup; both α are checked whichever branch this batch takes."""
+    if not 0 <= switch_prob <= 1:
+        raise ValueError(f"switch_prob must be in [0, 1] (the chance of a CutMix batch), got {switch_prob!r}")
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if not alpha > 0:
+            raise ValueError(f"{name} must be > 0 (λ ~ Beta(α, α)), got {alpha!r}; one mixer alone is mixup "
+                             f"or cutmix")
+    if rng.random() < switch_prob:
+        return cut(x, y, rng, alpha=cutmix_alpha)
+    return mixup(x, y, rng, alpha=mixup_alpha)
+
+
+@MIXERS.register()
+def mixup_cutmix(x: Tensor, y: Tensor, rng: np.random.Generator, mixup_alpha: float = 0.8,
+                 cutmix_alpha: float = 1.0, switch_prob: float = 0.5) -> MixResult:
+    """DeiT's recipe (Touvron et al. 2021; timm's `Mixup` with its defaults there): one batch CutMix (α 1.0),
+    the next mixup (α 0.8), chosen at random with probability `switch_prob` for CutMix; one λ per batch.
+    timm pairs each sample with the batch's flip, here with a random permutation: the same pairs in law."""
+    return switched(x, y, rng, mixup_alpha, cutmix_alpha, switch_prob)

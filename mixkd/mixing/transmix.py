@@ -15,8 +15,8 @@ timm fork's vision_transformer.py). The paper describes λ as the attention sum 
 the official code averages it with the area ratio (its `ratio=0.5` argument is unused, the 1/2 is
 hard-coded), and that average is what is implemented. Where the reference slices off only the
 class token (`1:`), all prefix tokens (class, register, distillation) are dropped here. The
-reference only relabels CutMix batches (it switches between Mixup and CutMix); the `transmix`
-mixer is that CutMix branch.
+reference only relabels CutMix batches: it switches between mixup and CutMix as DeiT does, and that
+is `mixup_transmix`; the `transmix` mixer is its CutMix branch alone.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ from torch import Tensor, nn
 
 from ..errors import MixkdError
 from .base import MIXERS, MODEL_NEEDS, MixResult
-from .mixers import cutmix
+from .mixers import cutmix, switched
+
+# what each relabelling mixer computes where the model trained does not see its batch (a teacher's view, a
+# student on clean images): nothing relabels it, so it is the plain mix
+WITHOUT_RELABEL = {"transmix": "cutmix", "mixup_transmix": "mixup_cutmix"}
 
 
 @dataclass
@@ -64,7 +68,16 @@ def transmix(x: Tensor, y: Tensor, rng: np.random.Generator, alpha: float = 1.0,
     return TransMixResult(**{f.name: getattr(mix, f.name) for f in fields(MixResult)})
 
 
+@MIXERS.register()
+def mixup_transmix(x: Tensor, y: Tensor, rng: np.random.Generator, mixup_alpha: float = 0.8,
+                   cutmix_alpha: float = 1.0, switch_prob: float = 0.5) -> MixResult:
+    """TransMix's own recipe (the reference's `Mixup_transmix` on DeiT's mixing): `mixup_cutmix`'s switch,
+    its CutMix batches relabelled by the student's attention, its mixup batches left as they are."""
+    return switched(x, y, rng, mixup_alpha, cutmix_alpha, switch_prob, cut=transmix)
+
+
 @MODEL_NEEDS.register("transmix")
+@MODEL_NEEDS.register("mixup_transmix")
 def _attends(model: nn.Module, relabels: bool, **_) -> None:
     """A model whose forward relabels the mix needs a class token's attention; others see a CutMix batch."""
     if relabels:

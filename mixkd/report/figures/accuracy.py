@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ...columns import describe, natural, varies
+from ...mixing import WITHOUT_RELABEL
 from ...tables import Tables
 from . import figure
 from .data import VALUES, by_pair, kd_order, panels_of, summary_rows, teacher_kind
@@ -299,12 +300,12 @@ def accuracy_vs_temperature(data: pd.DataFrame) -> list:
 # ---- TransMix: mixing variants for one student, with and without a teacher ---------------------------------
 
 def _transmix_data(tables: Tables) -> pd.DataFrame:
-    if tables.runs.empty or not (tables.runs["mix"] == "transmix").any():
+    if tables.runs.empty or not tables.runs["mix"].isin(WITHOUT_RELABEL).any():
         return EMPTY
     scratch = summary_rows(tables, METRIC, ("scratch",))
     kd = summary_rows(tables, METRIC, ("student",))
-    students = set(scratch.loc[scratch["mix"] == "transmix", "name"]) | set(kd.loc[kd["mix"] == "transmix",
-                                                                                   "student"])
+    students = (set(scratch.loc[scratch["mix"].isin(WITHOUT_RELABEL), "name"])
+                | set(kd.loc[kd["mix"].isin(WITHOUT_RELABEL), "student"]))
     scratch, kd = scratch[scratch["name"].isin(students)], kd[kd["student"].isin(students)]
     kd = kd.assign(hue="KD: " + describe(kd, ("teacher", "mixed_view", "temperature", "loss"),
                                          always=("teacher",)))
