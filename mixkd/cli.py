@@ -138,7 +138,7 @@ def cmd_ls(args) -> int:
 
     study, out = _load(args)
     only, logged = _only(args, study), read_progress(study, out)
-    print(with_jobs(with_progress(_overview(study, out, only), logged), out).to_string(index=False))
+    print(with_jobs(with_progress(_overview(study, out, only), logged, out), out).to_string(index=False))
     print(eta_line(study, logged, only))
     left = orphans(study, out)
     if left:

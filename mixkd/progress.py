@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, RunSpec
-from .rundir import CHECKPOINT, EPOCHS, DamagedRun, RunDir
+from .rundir import CHECKPOINT, EPOCHS, DamagedRun, RunDir, locks_held
 from .study import Study
 
 
@@ -209,10 +209,14 @@ def eta_line(study: Study, logged: Logged, only: frozenset[str] | None = None) -
             f"{median}{extra}{note}")
 
 
-def with_progress(table, logged: Logged):
+def with_progress(table, logged: Logged, out: Path):
     """`table` (a runs overview with run_id and status) with a `progress` column after its status: epochs
-    logged / epochs."""
+    logged / epochs; a run not complete whose lock a process of this machine holds says `running`."""
     table = table.copy()
+    locks = locks_held()
+    running = [status != "complete" and RunDir(out, rid).held_here(locks)
+               for rid, status in zip(table["run_id"], table["status"])]
+    table.loc[running, "status"] = "running"
     table.insert(list(table.columns).index("status") + 1, "progress",
                  table["run_id"].map(lambda rid: logged.runs[rid].label))
     return table

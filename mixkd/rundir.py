@@ -80,6 +80,22 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             raise
 
 
+def locks_held() -> frozenset[tuple[int, int, int]]:
+    """(device major, minor, inode) of every file an flock is held on by a process of this machine, from Linux's
+    /proc/locks (empty elsewhere, and for locks taken on other nodes of a shared filesystem)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    held = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].count(":") == 2:
+            major, minor, inode = fields[5].split(":")
+            held.add((int(major, 16), int(minor, 16), int(inode)))
+    return frozenset(held)
+
+
 def atomic_write(path: Path, data: bytes | str | memoryview) -> None:
     """Write to a temporary file in the same directory, then rename: readers never see half a file."""
     _write_atomically(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
@@ -176,6 +192,15 @@ class RunDir:
     def is_claimed(self) -> bool:
         with self.claim() as held:
             return not held
+
+    def held_here(self, locks: frozenset[tuple[int, int, int]]) -> bool:
+        """Whether a process holds the run's lock, by `locks_held()`: a probe that took the lock, even for an
+        instant, would make a runner claiming the run then skip it."""
+        try:
+            st = (self.path / LOCK).stat()
+        except OSError:
+            return False
+        return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locks
 
     def wait_until_released(self) -> None:
         with self._lock_file() as f:

@@ -95,6 +95,11 @@ def test_ls_shows_progress_after_the_status_and_one_eta_line(half_done, capsys):
     assert rows[teacher.run_id][-3:] == ["complete", "4/4", "0.5"]
     assert rows[students[0].run_id][-3:] == ["pending", "3/4", "NaN"]  # the status column is the summary's
     assert rows[students[2].run_id][-3:] == ["failed", "1/4", "NaN"]
+    with RunDir(out, students[1].run_id).claim() as held:  # a runner training it
+        assert held and main(["ls", str(path), "--out", str(out)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows[students[1].run_id][-3:] == ["running", "3/4", "NaN"]
+    assert rows[students[0].run_id][-3:] == ["pending", "3/4", "NaN"]  # its runner gone (killed, say)
     assert main(["ls", str(path), "--out", str(out), "--only", "role=teacher"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("ETA: nothing left to train")
 
