@@ -361,7 +361,7 @@ def test_the_transmix_figure_compares_mixes_with_and_without_a_teacher(tmp_path)
     tables = write_statistics_tables(tmp_path)
     data, pages = render("transmix", tables)
     assert len(pages) == 1 and not layout_problems(pages[0])
-    assert set(data["series"]) == {"none", "mixup", "cutmix", "transmix"}
+    assert set(data["series"]) == {"none", "mixup", "cutmix", "transmix", "mixup_cutmix", "mixup_transmix"}
     assert set(data["hue"]) == {"no teacher", "KD: resnet32x4 · T=4 · kd(ce_weight=0.1,kd_weight=0.9)",
                                 "KD: resnet32x4 · T=3 · kd(ce_weight=0.9,kd_weight=0.1)"}
     _drawn_matches_the_summary(data, tables)
@@ -505,3 +505,14 @@ def test_compare_sets_aside_exactly_the_timing_execution_and_provenance_columns(
     assert first_difference(trained, copy) is None
     runs.assign(top1_best=runs["top1_best"] + 1e-9).to_parquet(copy / "runs.parquet")
     assert "top1_best" in first_difference(trained, copy)
+
+
+def test_reliability_legend_has_one_entry_per_line_style():
+    """A plain teacher and a scratch run without mixing are both drawn black and solid: one entry, both names."""
+    from mixkd.report.figures.calibration import _swatches
+
+    rows = pd.DataFrame({"series": ["plain", "Mix-T (mixup)", "none", "mixup", "mixup · teacher"],
+                         "color": ["#000000", "#E69F00", "#000000", "#E69F00", "#E69F00"],
+                         "linestyle": ["-", "-", "-", "-", "--"]})
+    assert _swatches(rows) == {"plain / none": ("#000000", "-"), "Mix-T (mixup) / mixup": ("#E69F00", "-"),
+                               "mixup · teacher": ("#E69F00", "--")}

@@ -64,8 +64,17 @@ def _data(tables: Tables) -> pd.DataFrame:
     colours = mix_colours(tables.variants["mix_label"])
     rows["color"] = rows["mix_label"].map(colours)
     rows["linestyle"] = rows["mixed_view"].map(VIEW_LINES).fillna("-")
-    legend = list(dict.fromkeys(rows["series"]))
-    return paginate(rows[["panel", "series", "color", "linestyle", *VALUES]], PANEL, 4, legend)
+    return paginate(rows[["panel", "series", "color", "linestyle", *VALUES]], PANEL, 4, list(_swatches(rows)))
+
+
+def _swatches(rows: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Legend label → (colour, line style), one entry per style: series drawn alike (a plain teacher and a
+    scratch run without mixing: both black and solid) share an entry, their names joined."""
+    styles: dict[tuple[str, str], list[str]] = {}
+    for series, colour, style in rows[["series", "color", "linestyle"]].drop_duplicates("series").itertuples(
+            index=False):
+        styles.setdefault((colour, style), []).append(series)
+    return {" / ".join(names): style for style, names in styles.items()}
 
 
 @figure("reliability", _data)
@@ -77,8 +86,8 @@ def reliability(data: pd.DataFrame) -> list:
     pages = []
     for page, rows in data.groupby("page"):
         panels = list(dict.fromkeys(rows["panel"]))
-        legend = list(dict.fromkeys(rows["series"]))
-        fig, axes = new_page(len(panels), PANEL, 4, legend,
+        swatches = _swatches(rows)
+        fig, axes = new_page(len(panels), PANEL, 4, list(swatches),
                              "Reliability diagrams (15 confidence bins, means over seeds)")
         points = rows.pivot_table("mean", ["panel", "series", "bin"], "metric", sort=False)
         for ax, panel in zip(axes, panels):
@@ -91,7 +100,7 @@ def reliability(data: pd.DataFrame) -> list:
             ax.set_aspect("equal")
         set_titles(fig, axes, panels)
         # no marker on the swatches: over a short dashed line it hides the gaps that tell the views apart
-        handles = [Line2D([], [], color=style.loc[s, "color"], ls=style.loc[s, "linestyle"]) for s in legend]
-        legend_below(fig, handles, legend)
+        handles = [Line2D([], [], color=colour, ls=ls) for colour, ls in swatches.values()]
+        legend_below(fig, handles, list(swatches))
         pages.append(finish(fig))
     return pages
