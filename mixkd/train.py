@@ -206,11 +206,13 @@ class Member:
         total = sum(parts.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if self.ranks is not None:
-            self.ranks.average_gradients([p for g in optimizer.param_groups for p in g["params"]], len(y))
-        if self.recipe.clip_grad is not None and not pretraining:
-            dispatch_clip_grad([p for g in optimizer.param_groups for p in g["params"]], self.recipe.clip_grad,
-                               self.recipe.clip_mode)
+        clipped = self.recipe.clip_grad is not None and not pretraining
+        if self.ranks is not None or clipped:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if self.ranks is not None:
+                self.ranks.average_gradients(params, len(y))
+            if clipped:
+                dispatch_clip_grad(params, self.recipe.clip_grad, self.recipe.clip_mode)
         optimizer.step()
         if self.ema is not None and not pretraining:
             self.ema.update(self.model)
