@@ -175,3 +175,17 @@ def test_a_ray_task_of_a_run_across_devices_asks_for_its_devices():
     assert across_devices(1.0, 0.25, 1) == {}  # one device: the study's resources, fractions and all
     assert across_devices(2.0, 0.25, 4) == {"num_cpus": 8.0, "num_gpus": 4.0}
     assert across_devices(1.0, 0.0, 2) == {"num_cpus": 2.0, "num_gpus": 0.0}  # CPU runs: gloo ranks
+
+
+def test_a_ray_task_starts_the_ranks_of_a_run_across_devices_and_trains_the_same_tables(trained, tmp_path):
+    """The ranks are processes the run's Ray task starts itself (spawned inside a Ray worker)."""
+    import ray
+
+    path, reference, _ = trained
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        assert run(path, tmp_path / "out", "--executor", "ray") == 0
+    finally:
+        ray.shutdown()
+    for got, want in zip(comparable(tmp_path / "out"), comparable(reference)):
+        pd.testing.assert_frame_equal(got, want)
