@@ -10,7 +10,8 @@ from scipy import stats
 from torchvision import transforms as T
 
 from mixkd.data import create_dataset
-from mixkd.data.imagefolder import IMAGENET_STD, RATIO, SCALE, _Encoded
+from mixkd.data.imagefolder import IMAGENET_STD, RATIO, SCALE, _Encoded, eval_resize
+from mixkd.errors import ConfigError, MixkdError
 from mixkd.study import parse_study
 from tiny import RECIPE, image_folder, run, tiny_study, write
 
@@ -18,11 +19,13 @@ from tiny import RECIPE, image_folder, run, tiny_study, write
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 # How far the two pipelines' pixels may be apart, in 0-255 levels. On the CPU both decode with libjpeg-turbo
-# (identical pixels), so only rounding differs: PIL rounds to uint8 after each of its two resampling passes
-# (≤ 0.5 level each; the second pass's weights sum to 1, so the first pass's error stays ≤ 0.5), where
-# the device path keeps floats. So ≤ 1 level; measured 1.00 on noise, the worst case. The margin is for
-# float32 sums. A geometric slip (half a pixel, a swapped axis) moves noise pixels by tens of levels.
+# (identical pixels) and both round and clip to whole levels after each resampling pass; only PIL's fixed-point
+# coefficients (22 bits) differ from the device path's float32 ones, which flips a level where a pass's exact
+# value lies within a hair of a half: 1 level, at 0.04-2.4% of noise pixels (measured), none more. A
+# geometric slip (half a pixel, a swapped axis, the wrong filter) moves noise pixels by tens of levels.
 TOLERANCE = 1.05
+# (training crops' filter, evaluation's, evaluation's crop share)
+FILTERS = [(None, None, None), ("bicubic", "bicubic", None), ("random", "bicubic", 0.9)]
 
 
 def noise_folder(root):
@@ -45,9 +48,14 @@ def levels(normalised: torch.Tensor) -> torch.Tensor:
     return normalised.abs() * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
 
-def test_device_decode_matches_the_pil_pipeline(tmp_path):
+@pytest.mark.parametrize("interpolation, eval_interpolation, eval_crop", FILTERS)
+def test_device_decode_matches_the_pil_pipeline(tmp_path, interpolation, eval_interpolation, eval_crop):
+    """With each filter: bicubic overshoots, and PIL clips after each pass (clipping only at the end was 20
+    levels off); `random` draws a filter per crop between the crop's box and its flip, on both paths."""
     root = noise_folder(tmp_path)
-    pil, device = (create_dataset("imagefolder", root, img_size=16, num_workers=0, decode=d)
+    pil, device = (create_dataset("imagefolder", root, img_size=16, num_workers=0, decode=d,
+                                  interpolation=interpolation, eval_interpolation=eval_interpolation,
+                                  eval_crop=eval_crop)
                    for d in ("pil", "device"))
     (a, ya), = pil.eval_loader(64, "cpu")
     (b, yb), = device.eval_loader(64, "cpu")
@@ -91,6 +99,30 @@ def test_device_crops_follow_random_resized_crop(tmp_path):
     assert stats.ks_2samp(cols[:, 0], ref[:, 1]).pvalue > 0.01  # left
     assert stats.ks_2samp(theirs, area(narrow[:, 2], narrow[:, 3])).pvalue < 1e-6  # it sees a wrong scale
     assert stats.binomtest(sum(it[4] for it in items), n).pvalue > 0.01  # flips: half
+
+
+def test_each_filter_is_the_one_used_and_random_draws_either_half_the_time(tmp_path):
+    root = noise_folder(tmp_path)
+    (bilinear, _), = create_dataset("imagefolder", root, img_size=16, num_workers=0).eval_loader(64, "cpu")
+    bicubic = create_dataset("imagefolder", root, img_size=16, num_workers=0, eval_interpolation="bicubic")
+    (cubic, _), = bicubic.eval_loader(64, "cpu")
+    assert levels(bilinear - cubic).max() > 10 * TOLERANCE
+    encoded = _Encoded([(str(next((root / "train" / "a").glob("0.jpg"))), 0)] * 1000, 16, True, "random")
+    torch.manual_seed(0)
+    assert stats.binomtest(sum(encoded[k][5] for k in range(1000)), 1000).pvalue > 0.01
+
+
+def test_filters_and_crop_set_are_part_of_run_ids_and_unset_leave_them_as_they_were(tmp_path):
+    dataset = {"name": "imagefolder", "img_size": 16}
+    ids = {name: {r.run_id for r in parse_study(tiny_study("f", dataset={**dataset, **extra})).runs}
+           for name, extra in [("unset", {}), ("random", {"interpolation": "random"}),
+                               ("bicubic", {"eval_interpolation": "bicubic"}), ("crop", {"eval_crop": 0.9})]}
+    assert all(not ids["unset"] & ids[name] for name in ("random", "bicubic", "crop"))
+    with pytest.raises(ConfigError, match=r"dataset.interpolation: 'bicubik' is not allowed; allowed: bilinear"):
+        parse_study(tiny_study("f", dataset={**dataset, "interpolation": "bicubik"}))
+    assert (eval_resize(224, None), eval_resize(224, 0.9), eval_resize(32, 0.875)) == (256, 248, 36)  # timm's
+    with pytest.raises(MixkdError, match=r"^imagefolder: eval_crop must be in \(0, 1\]"):
+        create_dataset("imagefolder", noise_folder(tmp_path), eval_crop=1.2)
 
 
 def test_device_decode_batches_follow_the_seed_through_workers(tmp_path):

@@ -11,7 +11,9 @@ normalised with the ImageNet statistics. `decode` chooses who decodes:
   GPU, so this takes it off the cores. Files nvjpeg does not take (PNG, CMYK JPEGs) are decoded on the CPU.
 
 Both draw the same crops from the same random numbers and resample with PIL's filter, so their images
-differ only by decoder and rounding, in the last bits of a pixel (see `_resample_weights`).
+differ only by decoder and rounding, in the last bits of a pixel (see `_resample_weights`). The filter is
+bilinear unless `interpolation` says bicubic, or `random`: either, drawn per training crop (timm's default
+in DeiT's and TransMix's train.py); `eval_interpolation` is the evaluation resize's (DeiT's: bicubic).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator, Literal
@@ -34,7 +37,8 @@ from .randaugment import RandAugment
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's ranges of area fraction and aspect ratio
-EVAL_CROP = 0.875  # evaluation resizes the shorter side to img_size / EVAL_CROP, then centre-crops img_size
+EVAL_CROP = 0.875  # evaluation resizes the shorter side to round(img_size / EVAL_CROP), centre-crops img_size
+FILTERS = ("bilinear", "bicubic")  # PIL's, by the index a `random` crop draws
 
 
 class _Shard:
@@ -84,25 +88,56 @@ class _Indexed(torch.utils.data.Dataset):
 # ---- decode: device ---------------------------------------------------------------------------------------
 
 
-def _eval_window(length: int, other: int, size: int) -> tuple[int, int, int, int]:
-    """One axis of Resize(round(size / 0.875)) + CenterCrop(size) as a window (see `_resample_weights`), for
-    an image `length` pixels along it and `other` across: torchvision's arithmetic, its rounding included,
-    so that the pixels kept are the PIL pipeline's."""
-    short = round(size / EVAL_CROP)
+def eval_resize(size: int, crop: float | None) -> int:
+    """The shorter side evaluation images are resized to before a centre crop of `size`: timm's
+    floor(size / crop) for a crop fraction given (DeiT's and TransMix's models: 0.9), else round(size / 0.875)
+    (256 for 224, as torchvision's ImageNet reference)."""
+    return round(size / EVAL_CROP) if crop is None else math.floor(size / crop)
+
+
+def _eval_window(length: int, other: int, size: int, short: int) -> tuple[int, int, int, int]:
+    """One axis of Resize(short) + CenterCrop(size) as a window (see `_resample_weights`), for an image
+    `length` pixels along it and `other` across: torchvision's arithmetic, its rounding included, so that the
+    pixels kept are the PIL pipeline's."""
     resized = short if length <= other else short * length // other
     return 0, length, resized, int(round((resized - size) / 2.0))
 
 
+def _filter(interpolation: str) -> str:
+    """The filter of one crop: `interpolation`'s, or for `random` one of FILTERS drawn from torch's generator
+    (timm's RandomResizedCropAndInterpolation draws from Python's, which a run without workers leaves
+    unseeded)."""
+    return FILTERS[int(torch.randint(len(FILTERS), ()))] if interpolation == "random" else interpolation
+
+
+class _ResizedCrop:
+    """torchvision's RandomResizedCrop, its filter drawn per crop by `_filter` after the crop's box."""
+
+    def __init__(self, size: int, interpolation: str):
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image):
+        from torchvision import transforms as T
+        from torchvision.transforms import functional as TF
+
+        top, left, h, w = T.RandomResizedCrop.get_params(image, SCALE, RATIO)
+        mode = T.InterpolationMode(_filter(self.interpolation))
+        return TF.resized_crop(image, top, left, h, w, [self.size, self.size], mode, antialias=True)
+
+
 class _Encoded(torch.utils.data.Dataset):
-    """Per file: (bytes, whether nvjpeg decodes it, row window, column window, flip, label[, index]).
+    """Per file: (bytes, whether nvjpeg decodes it, row window, column window, flip, bicubic, label[, index]).
 
     What decoding on the device needs, read without decoding a pixel: the header alone gives the size the
-    crop is drawn for. Training crops are torchvision's own RandomResizedCrop.get_params and flip draw, in
-    the PIL pipeline's order, from the same generator (each DataLoader worker's, seeded from the loader's).
+    crop is drawn for. Training crops are torchvision's own RandomResizedCrop.get_params, filter and flip
+    draws, in the PIL pipeline's order, from the same generator (each DataLoader worker's, seeded from the
+    loader's). `interpolation`: the training crops' (`_filter`), or for evaluation the resize's.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], size: int, augment: bool):
-        self.samples, self.size, self.augment = samples, size, augment
+    def __init__(self, samples: list[tuple[str, int]], size: int, augment: bool,
+                 interpolation: str = "bilinear", resize: int | None = None):
+        self.samples, self.size, self.augment, self.interpolation = samples, size, augment, interpolation
+        self.resize = resize or eval_resize(size, None)  # evaluation's shorter side before its centre crop
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -119,12 +154,14 @@ class _Encoded(torch.utils.data.Dataset):
         if self.augment:
             top, left, h, w = T.RandomResizedCrop.get_params(header, SCALE, RATIO)
             rows, cols = (top, h, self.size, 0), (left, w, self.size, 0)
+            bicubic = _filter(self.interpolation) == "bicubic"
             flip = bool(torch.rand(1) < 0.5)
         else:
-            rows, cols = _eval_window(height, width, self.size), _eval_window(width, height, self.size)
-            flip = False
+            rows = _eval_window(height, width, self.size, self.resize)
+            cols = _eval_window(width, height, self.size, self.resize)
+            bicubic, flip = self.interpolation == "bicubic", False
         nvjpeg = header.format == "JPEG" and header.mode != "CMYK"
-        item = (data, nvjpeg, torch.tensor(rows), torch.tensor(cols), flip, label)
+        item = (data, nvjpeg, torch.tensor(rows), torch.tensor(cols), flip, bicubic, label)
         return (*item, k) if self.augment else item
 
 
@@ -149,30 +186,38 @@ def _decode(data: list[Tensor], nvjpeg: list[bool], device: torch.device) -> lis
             for k, d in enumerate(data)]
 
 
-def _resample_weights(windows: Tensor, size: int, extent: int) -> Tensor:
+def _resample_weights(windows: Tensor, size: int, extent: int, bicubic: Tensor) -> Tensor:
     """(B, size, extent) matrices that crop and resize one axis of B images `extent` pixels long, as PIL.
 
     Window (start, length, resized, offset): pixels start..start+length-1 resized to `resized` pixels, of
-    which offset..offset+size-1 are kept. Each output pixel averages the window's pixels within max(1, scale)
-    of its centre under a triangle filter, renormalised to sum to 1: the coefficients of PIL's antialiased
-    bilinear resize (which torchvision's tensor resize copies), so the crops are the PIL pipeline's but for
-    its rounding to uint8 after each axis. Dense, so that resampling a batch is two batched matmuls, which a
-    GPU does in a fraction of the decode's time.
+    which offset..offset+size-1 are kept. Each output pixel weighs the window's pixels by their distance d
+    from its centre, in units of max(1, scale), under a triangle filter (1 - |d|, bilinear) or where
+    `bicubic` PIL's cubic (a = -0.5, zero from |d| = 2), renormalised to sum to 1: the coefficients of PIL's
+    antialiased resize (which torchvision's tensor resize copies), so the crops are the PIL pipeline's but for
+    PIL's fixed-point arithmetic. Dense, so that resampling a batch is two batched matmuls, which a GPU does
+    in a fraction of the decode's time.
     """
     start, length, resized, offset = (w[:, None, None] for w in windows.float().unbind(1))
     scale = length / resized
     centre = start + (offset + torch.arange(size, device=windows.device)[:, None] + 0.5) * scale
     pixel = torch.arange(extent, device=windows.device) + 0.5
-    weights = (1 - (pixel - centre).abs() / scale.clamp(min=1)).clamp(min=0)
+    d = (pixel - centre).abs() / scale.clamp(min=1)
+    a = -0.5
+    cubic = torch.where(d < 1, ((a + 2) * d - (a + 3)) * d * d + 1, (((d - 5) * d + 8) * d - 4) * a * (d < 2))
+    weights = torch.where(bicubic.view(-1, 1, 1), cubic, (1 - d).clamp(min=0))
     weights *= (pixel > start) & (pixel < start + length)  # PIL crops before it resizes
     return weights / weights.sum(-1, keepdim=True)
 
 
-def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, size: int) -> Tensor:
-    """(B, 3, size, size) float pixels in 0-255: each image through its row and column windows (see
-    `_resample_weights`), mirrored where `flip`. Images of one shape stack, so a batch costs one einsum per
-    distinct shape (a few dozen in an ImageNet batch), not a resize per image. `rows`, `cols` and `flip` are
-    the loader's CPU tensors: copied to the device without blocking, they never wait on a CUDA stream."""
+def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, bicubic: Tensor, size: int
+              ) -> Tensor:
+    """(B, 3, size, size) whole pixel levels 0-255 (as floats): each image through its column, then its row
+    window with its filter (see `_resample_weights`), mirrored where `flip`, rounded and clipped to levels
+    after each pass as PIL does (`_level`: a cubic overshoots at edges, and clipping the first pass shapes the
+    second; clipped only at the end, noise was 20 levels off). Images of one shape stack, so a batch costs two
+    einsums per distinct shape (a few dozen in an ImageNet batch), not a resize per image. `rows`, `cols`,
+    `flip` and `bicubic` are the loader's CPU tensors: copied to the device without blocking, they never wait
+    on a CUDA stream."""
     device = images[0].device
     out = torch.empty(len(images), 3, size, size, device=device)
     shapes: dict[tuple[int, int], list[int]] = {}
@@ -180,13 +225,20 @@ def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, si
         shapes.setdefault(tuple(image.shape[1:]), []).append(k)
     for (height, width), members in shapes.items():
         at = torch.tensor(members)
-        idx, row, col, mirror = (t.to(device, non_blocking=True) for t in (at, rows[at], cols[at], flip[at]))
-        wy, wx = _resample_weights(row, size, height), _resample_weights(col, size, width)
+        idx, row, col, mirror, cubic = (t.to(device, non_blocking=True)
+                                        for t in (at, rows[at], cols[at], flip[at], bicubic[at]))
+        wy, wx = _resample_weights(row, size, height, cubic), _resample_weights(col, size, width, cubic)
         wx = torch.where(mirror[:, None, None], wx.flip(1), wx)
         # height, width, channel: how the CPU decoders lay pixels out, so that stacking is a plain copy
         pixels = torch.stack([images[k].permute(1, 2, 0) for k in members]).float()
-        out[idx] = torch.einsum("byh,bhwc,bxw->bcyx", wy, pixels, wx)
+        across = _level(torch.einsum("bhwc,bxw->bhxc", pixels, wx))
+        out[idx] = _level(torch.einsum("byh,bhxc->bcyx", wy, across))
     return out
+
+
+def _level(x: Tensor) -> Tensor:
+    """Whole pixel levels as PIL's resampling leaves them: halves rounded up, then clipped to 0-255."""
+    return x.add_(0.5).floor_().clamp_(0, 255)
 
 
 class _DecodedOnDevice:
@@ -215,12 +267,12 @@ class _DecodedOnDevice:
             g = torch.Generator(self.device)  # from it: the batches' order stays that of a plain run
             state = hashlib.blake2b(self.generator.get_state().numpy().tobytes(), digest_size=8).digest()
             g.manual_seed(int.from_bytes(state, "little") >> 1)
-        for data, lengths, nvjpeg, rows, cols, flip, *targets in self.loader:
+        for data, lengths, nvjpeg, rows, cols, flip, bicubic, *targets in self.loader:
             with threads():
                 images = _decode(data.split(lengths.tolist()), nvjpeg.tolist(), self.device)
-                x = _resample(images, rows, cols, flip, self.size)
-                if self.randaugment is not None:  # on the crop's whole grey levels, as PIL's pipeline has them
-                    x = self.randaugment(x.round_().clamp_(0, 255).to(torch.uint8), self.fill, g).float()
+                x = _resample(images, rows, cols, flip, bicubic, self.size)
+                if self.randaugment is not None:
+                    x = self.randaugment(x.to(torch.uint8), self.fill, g).float()
                 x = x.mul_(self.scale).add_(self.shift)
                 if self.random_erasing:
                     x = erase(x, self.random_erasing, g)
@@ -235,7 +287,9 @@ class ImageFolderDataset:
 
     name, in_chans = "imagefolder", 3
 
-    def __init__(self, root: Path, img_size: int = 224, num_workers: int = 4, decode: str = "pil"):
+    def __init__(self, root: Path, img_size: int = 224, num_workers: int = 4, decode: str = "pil",
+                 interpolation: str = "bilinear", eval_interpolation: str = "bilinear",
+                 eval_crop: float | None = None):
         from torchvision import datasets, transforms as T
 
         splits = {split: root / split for split in ("train", "val")}
@@ -246,12 +300,15 @@ class ImageFolderDataset:
         normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.train = datasets.ImageFolder(str(splits["train"]))  # its transform: the recipe's (train_loader)
         self.val = datasets.ImageFolder(str(splits["val"]), T.Compose([
-            T.Resize(round(img_size / EVAL_CROP)), T.CenterCrop(img_size), T.ToTensor(), normalize]))
+            T.Resize(eval_resize(img_size, eval_crop), T.InterpolationMode(eval_interpolation)),
+            T.CenterCrop(img_size), T.ToTensor(), normalize]))
         if self.val.classes != self.train.classes:
             missing = sorted(set(self.train.classes) ^ set(self.val.classes))
             raise MixkdError(f"imagefolder: train/ and val/ under {root} hold different classes "
                              f"(only in one: {', '.join(missing[:5])})")
         self.img_size, self.num_workers, self.decode = img_size, num_workers, decode
+        self.interpolation, self.eval_interpolation = interpolation, eval_interpolation
+        self.eval_resize = eval_resize(img_size, eval_crop)
         self.num_classes, self.num_train_images = len(self.train.classes), len(self.train)
         self.train_targets = torch.as_tensor(self.train.targets)
 
@@ -278,8 +335,8 @@ class ImageFolderDataset:
         of each batch, for a run across devices."""
         generator = torch.Generator().manual_seed(seed)
         if self.decode == "device":
-            return self._loader(_Encoded(self.train.samples, self.img_size, True), batch_size, device, generator,
-                                shard, augment, random_erasing)
+            encoded = _Encoded(self.train.samples, self.img_size, True, self.interpolation)
+            return self._loader(encoded, batch_size, device, generator, shard, augment, random_erasing)
         train = copy.copy(self.train)
         train.transform = self._train_transform(augment, random_erasing)
         return self._loader(_Indexed(train), batch_size, device, generator, shard)
@@ -295,21 +352,32 @@ class ImageFolderDataset:
                                                    "img_mean": tuple(round(255 * m) for m in IMAGENET_MEAN)})
                   ] if augment else []
         erasing = [RandomErasing(random_erasing, mode="pixel", device="cpu")] if random_erasing else []
-        return T.Compose([T.RandomResizedCrop(self.img_size, SCALE, RATIO), T.RandomHorizontalFlip(), *policy,
+        return T.Compose([_ResizedCrop(self.img_size, self.interpolation), T.RandomHorizontalFlip(), *policy,
                           T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), *erasing])
 
     def eval_loader(self, batch_size: int, device) -> _ToDevice | _DecodedOnDevice:
-        ds = _Encoded(self.val.samples, self.img_size, False) if self.decode == "device" else self.val
+        ds = (_Encoded(self.val.samples, self.img_size, False, self.eval_interpolation, self.eval_resize)
+              if self.decode == "device" else self.val)
         return self._loader(ds, batch_size, device, None)
 
 
 @DATASETS.register()
 def imagefolder(root=None, img_size: int = 224, num_workers: int = 4,
-                decode: Literal["pil", "device"] = "pil") -> ImageFolderDataset:
+                decode: Literal["pil", "device"] = "pil",
+                interpolation: Literal["bilinear", "bicubic", "random"] | None = None,
+                eval_interpolation: Literal["bilinear", "bicubic"] | None = None,
+                eval_crop: float | None = None) -> ImageFolderDataset:
     """ImageNet-style <root>/train/<class>/* and <root>/val/<class>/*, decoded by DataLoader workers with
-    PIL, or with `decode: device` batch by batch on the training device (nvjpeg on CUDA)."""
+    PIL, or with `decode: device` batch by batch on the training device (nvjpeg on CUDA). Training crops are
+    resized with `interpolation` (unset: bilinear; random: bilinear or bicubic per crop, as timm), evaluation
+    with `eval_interpolation` (unset: bilinear) to floor(img_size / eval_crop) before its centre crop (unset:
+    256 for 224); unset, they stay out of run ids older than them."""
     if root is None:
         raise MixkdError("imagefolder: needs a data root: pass --data-root with the folder that holds train/ and val/")
     if decode not in ("pil", "device"):
         raise MixkdError(f"imagefolder: decode must be pil or device, got {decode!r}")
-    return ImageFolderDataset(Path(root), img_size, num_workers, decode)
+    if eval_crop is not None and not 0 < eval_crop <= 1:
+        raise MixkdError(f"imagefolder: eval_crop must be in (0, 1] (the centre crop's share of the resized "
+                         f"side), got {eval_crop!r}")
+    return ImageFolderDataset(Path(root), img_size, num_workers, decode, interpolation or "bilinear",
+                              eval_interpolation or "bilinear", eval_crop)
