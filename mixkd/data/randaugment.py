@@ -8,8 +8,10 @@ whole batch at once and each image keeps the result of the op it drew, so no ste
 timm parses the config string (`rand_augment_transform`): its grammar, op sets, probability and magnitude noise
 are timm's. The level → argument maps are timm's formulas, vectorised; the ops follow PIL's definitions
 (ImageOps, ImageEnhance, Image.transform) on integer pixel values, rounding as PIL does, so colour ops equal
-timm's output to ±1 (`tests/test_randaugment.py`). Geometric ops sample with `grid_sample` (bilinear, or
-bicubic with torch's a = -0.75 where PIL's is -0.5) and fill what falls outside with the dataset's mean.
+timm's output to ±1 (`tests/test_randaugment.py`). Geometric ops sample bilinearly with `grid_sample`, or
+bicubically as PIL's Image.transform does (`_bicubic`: its kernel has a = -1, where torch's grid_sample has
+-0.75 and PIL's resize -0.5), and fill what falls outside with the dataset's mean; they too equal timm's
+output to ±1.
 """
 
 from __future__ import annotations
@@ -173,11 +175,37 @@ def warp(x: Tensor, maps: Tensor, fill: Tensor, bicubic: Tensor) -> Tensor:
     square = torch.cat([maps, torch.tensor([0.0, 0, 1], device=x.device).expand(b, 1, 3)], 1)
     theta = (to_unit @ square @ torch.linalg.inv(to_unit))[:, :2]
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
-    linear = F.grid_sample(x, grid, "bilinear", "border", align_corners=False)
-    cubic = F.grid_sample(x, grid, "bicubic", "border", align_corners=False)
-    out = torch.where(bicubic.view(-1, 1, 1, 1), cubic, linear).round().clamp(0, 255)
+    out = F.grid_sample(x, grid, "bilinear", "border", align_corners=False)
+    if bicubic.any():
+        out[bicubic] = _bicubic(x[bicubic], grid[bicubic])
+    out = out.round().clamp(0, 255)
     inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # the source point, in [-1, 1]²: inside the image
     return torch.where(inside, out, fill.view(1, -1, 1, 1))
+
+
+def _bicubic(x: Tensor, grid: Tensor) -> Tensor:
+    """`x` sampled at `grid` (grid_sample's coordinates, align_corners=False) as PIL's Image.transform samples
+    with BICUBIC: 4×4 neighbours, clamped at the border, weighed by the cubic convolution kernel with a = -1
+    (Geometry.c's BICUBIC), which torch's grid_sample (a = -0.75) misses by up to 8 levels on texture."""
+    b, c, h, w = x.shape
+    px, py = ((grid[..., 0] + 1) * w - 1) / 2, ((grid[..., 1] + 1) * h - 1) / 2  # pixel indices, centres whole
+    x0, y0 = px.floor(), py.floor()
+    flat, out = x.reshape(b, c, h * w), torch.zeros_like(x)
+    for j in range(-1, 3):
+        rows = (y0 + j).clamp(0, h - 1)
+        wy = _cubic(py - y0 - j)
+        for i in range(-1, 3):
+            at = (rows * w + (x0 + i).clamp(0, w - 1)).long().view(b, 1, h * w).expand(b, c, h * w)
+            out += (wy * _cubic(px - x0 - i)).unsqueeze(1) * flat.gather(2, at).view(b, c, h, w)
+    return out
+
+
+def _cubic(d: Tensor, a: float = -1.0) -> Tensor:
+    """The cubic convolution kernel (Keys) at distance d."""
+    d = d.abs()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = (((d - 5) * d + 8) * d - 4) * a
+    return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
 
 
 @dataclass(frozen=True)
