@@ -6,6 +6,8 @@ the student trained from scratch."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -152,9 +154,10 @@ def _heatmap_data(tables: Tables) -> pd.DataFrame:
                    series=kd["teacher"], hue=kd["student"])
     temps, settings = sorted(kd["temperature"].unique()), list(dict.fromkeys(setting))
     size = _heatmap_size(kd)
-    across = int(MAX_SIDE // (len(temps) * size[0]))  # settings side by side
-    if across >= 1:
-        across = min(across, len(settings))
+    across = int(MAX_SIDE // (len(temps) * size[0]))  # settings side by side: as many as fit, ...
+    if across >= 1:  # ... but no more than a landscape page (3:2) of them takes, not one long strip
+        block = len(temps) * size[0]
+        across = min(across, len(settings), math.ceil(math.sqrt(len(settings) * size[1] * 1.5 / block)))
         ncols, index = across * len(temps), setting.map(settings.index)
         slot = index // across * ncols + index % across * len(temps) + kd["temperature"].map(temps.index)
     else:
