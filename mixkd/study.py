@@ -19,7 +19,7 @@ import yaml
 
 from .config import (DEFAULT_SCHEDULE, NO_MIX, ROLES, SGD, Component, Distill, Labels, Mix, MixedView,
                      Params, Recipe, RunConfig, RunSpec)
-from .data import DATASETS, RUNTIME_PARAMS, declared_shape
+from .data import DATASETS, declared_shape, runtime_params
 from .data.randaugment import RandAugment
 from .engine import Engine
 from .errors import ConfigError, MixkdError, StudyWarning
@@ -202,7 +202,7 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
     images = training_images(spec, "dataset")
     dataset = Component.from_dict(spec)
     # what the data is, not how it is fetched
-    identity = Component.from_dict({k: v for k, v in spec.items() if k not in RUNTIME_PARAMS})
+    identity = Component.from_dict({k: v for k, v in spec.items() if k not in runtime_params(spec)})
     shape = declared_shape(spec)
     base_recipe = _recipe(f.recipe, "recipe", images=images)
     recipes = {}  # (teachers|students, name) → its recipe

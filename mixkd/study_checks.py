@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import NO_MIX, Component, Mix, RunConfig, RunSpec
-from .data import DATASETS, MINIMUMS
+from .data import DATASETS, FRACTIONS, MINIMUMS
 from .errors import ConfigError, MixkdError, StudyWarning
 from .losses import LOSSES, FeatureLoss, probe
 from .mixing import MIXERS, MODEL_NEEDS, WITHOUT_RELABEL
@@ -56,6 +56,9 @@ def training_images(spec: dict, path: str) -> int | None:
     for key, low in MINIMUMS.items():
         if spec.get(key) is not None and spec[key] < low:
             raise ConfigError(f"{path}.{key}", f"must be ≥ {low}, got {spec[key]!r}")
+    for key in FRACTIONS:
+        if spec.get(key) is not None and not 0 < spec[key] <= 1:
+            raise ConfigError(f"{path}.{key}", f"must be in (0, 1], got {spec[key]!r}")
     held = getattr(DATASETS.get(spec["name"]), "train_images", None)
     if held is None:
         return None

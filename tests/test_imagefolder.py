@@ -10,7 +10,7 @@ from scipy import stats
 from torchvision import transforms as T
 
 from mixkd.data import create_dataset
-from mixkd.data.imagefolder import IMAGENET_STD, RATIO, SCALE, _Encoded, eval_resize
+from mixkd.data.imagefolder import IMAGENET_STD, RATIO, SCALE, _Encoded, _resample, eval_resize
 from mixkd.errors import ConfigError, MixkdError
 from mixkd.study import parse_study
 from tiny import RECIPE, image_folder, run, tiny_study, write
@@ -50,8 +50,10 @@ def levels(normalised: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("interpolation, eval_interpolation, eval_crop", FILTERS)
 def test_device_decode_matches_the_pil_pipeline(tmp_path, interpolation, eval_interpolation, eval_crop):
-    """With each filter: bicubic overshoots, and PIL clips after each pass (clipping only at the end was 20
-    levels off); `random` draws a filter per crop between the crop's box and its flip, on both paths."""
+    """With each filter, over several draws of crops: bilinear to a level everywhere; bicubic overshoots, PIL
+    clips after each pass and picks which pass goes first itself, so where its order is the other one, edge
+    pixels differ (measured: ≤ 0.16% of noise pixels, by ≤ 6 levels; `random` draws its filter per crop
+    between the crop's box and its flip, on both paths, or far more would)."""
     root = noise_folder(tmp_path)
     pil, device = (create_dataset("imagefolder", root, img_size=16, num_workers=0, decode=d,
                                   interpolation=interpolation, eval_interpolation=eval_interpolation,
@@ -60,14 +62,29 @@ def test_device_decode_matches_the_pil_pipeline(tmp_path, interpolation, eval_in
     (a, ya), = pil.eval_loader(64, "cpu")
     (b, yb), = device.eval_loader(64, "cpu")
     assert b.shape == (10, 3, 16, 16) and torch.equal(ya, yb)
-    assert levels(a - b).max() <= TOLERANCE
-    # no workers: both draw from torch's global generator, in the same order, so the same crops and flips
-    torch.manual_seed(0)
-    (a, ya, ia), = pil.train_loader(64, "cpu", seed=0)
-    torch.manual_seed(0)
-    (b, yb, ib), = device.train_loader(64, "cpu", seed=0)
-    assert torch.equal(ia, ib) and torch.equal(yb, device.train_targets[ib])
-    assert levels(a - b).max() <= TOLERANCE
+    differences = [levels(a - b)]
+    for seed in range(4):  # no workers: both draw from torch's global generator, in the same order
+        torch.manual_seed(seed)
+        (a, ya, ia), = pil.train_loader(64, "cpu", seed=0)
+        torch.manual_seed(seed)
+        (b, yb, ib), = device.train_loader(64, "cpu", seed=0)
+        assert torch.equal(ia, ib) and torch.equal(yb, device.train_targets[ib])
+        differences.append(levels(a - b))
+    off = torch.cat([d.flatten() for d in differences])
+    if interpolation is None:
+        assert off.max() <= TOLERANCE
+    else:
+        assert (off > TOLERANCE).float().mean() < 0.005 and off.max() <= 25
+
+
+def test_one_bicubic_pass_is_pils_to_a_level():
+    """Where PIL resamples along one axis only, no order is left to differ: the cubic weights are PIL's."""
+    image = torch.tensor(np.random.default_rng(1).integers(0, 256, (3, 20, 41)), dtype=torch.uint8)
+    theirs = torch.tensor(np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((16, 20),
+                                                                                            Image.BICUBIC)))
+    rows, cols = torch.tensor([[0, 20, 20, 0]]), torch.tensor([[0, 41, 16, 0]])
+    ours = _resample([image], rows, cols, torch.tensor([False]), torch.tensor([True]), 16)  # rows 0-15 kept
+    assert (ours[0].permute(1, 2, 0) - theirs[:16]).abs().max() <= 1
 
 
 def test_device_crops_follow_random_resized_crop(tmp_path):
@@ -121,8 +138,16 @@ def test_filters_and_crop_set_are_part_of_run_ids_and_unset_leave_them_as_they_w
     with pytest.raises(ConfigError, match=r"dataset.interpolation: 'bicubik' is not allowed; allowed: bilinear"):
         parse_study(tiny_study("f", dataset={**dataset, "interpolation": "bicubik"}))
     assert (eval_resize(224, None), eval_resize(224, 0.9), eval_resize(32, 0.875)) == (256, 248, 36)  # timm's
+    with pytest.raises(ConfigError, match=r"^dataset.eval_crop: must be in \(0, 1\], got 1.2$"):
+        parse_study(tiny_study("f", dataset={**dataset, "eval_crop": 1.2}))  # when read, before any data
     with pytest.raises(MixkdError, match=r"^imagefolder: eval_crop must be in \(0, 1\]"):
         create_dataset("imagefolder", noise_folder(tmp_path), eval_crop=1.2)
+    # the decoder joins the ids of bicubic runs only, where the two paths may differ by more than a level
+    for extra, apart in [({}, False), ({"interpolation": "bicubic"}, True), ({"eval_interpolation": "bicubic"}, True)]:
+        pil, device = ({r.run_id for r in parse_study(tiny_study("f", dataset={**dataset, **extra,
+                                                                                "decode": d})).runs}
+                       for d in ("pil", "device"))
+        assert bool(pil & device) != apart
 
 
 def test_device_decode_batches_follow_the_seed_through_workers(tmp_path):

@@ -12,8 +12,10 @@ normalised with the ImageNet statistics. `decode` chooses who decodes:
 
 Both draw the same crops from the same random numbers and resample with PIL's filter, so their images
 differ only by decoder and rounding, in the last bits of a pixel (see `_resample_weights`). The filter is
-bilinear unless `interpolation` says bicubic, or `random`: either, drawn per training crop (timm's default
-in DeiT's and TransMix's train.py); `eval_interpolation` is the evaluation resize's (DeiT's: bicubic).
+bilinear unless `interpolation` says bicubic (DeiT's main.py), or `random`: either, drawn per training crop
+(timm's train.py, so TransMix's); `eval_interpolation` is the evaluation resize's. RandAugment's geometric
+ops take the training crops' filter, or draw their own where it is random, as timm's create_transform has
+them. Bicubic, the two paths differ at strong edges (`_resample`), and `decode` joins the run id.
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ class _Indexed(torch.utils.data.Dataset):
 
 def eval_resize(size: int, crop: float | None) -> int:
     """The shorter side evaluation images are resized to before a centre crop of `size`: timm's
-    floor(size / crop) for a crop fraction given (DeiT's and TransMix's models: 0.9), else round(size / 0.875)
-    (256 for 224, as torchvision's ImageNet reference)."""
+    floor(size / crop) for a crop fraction given (timm's DeiT configs, so TransMix's: 0.9), else
+    round(size / 0.875) (256 for 224, as torchvision's ImageNet reference and DeiT's own main.py)."""
     return round(size / EVAL_CROP) if crop is None else math.floor(size / crop)
 
 
@@ -213,8 +215,11 @@ def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, bi
               ) -> Tensor:
     """(B, 3, size, size) whole pixel levels 0-255 (as floats): each image through its column, then its row
     window with its filter (see `_resample_weights`), mirrored where `flip`, rounded and clipped to levels
-    after each pass as PIL does (`_level`: a cubic overshoots at edges, and clipping the first pass shapes the
-    second; clipped only at the end, noise was 20 levels off). Images of one shape stack, so a batch costs two
+    after each pass as PIL does (`_level`; clipped only at the end, a cubic's overshoot left noise 20 levels
+    off). PIL picks which pass goes first itself (Pillow 13 by the image's shape, up to its version): bilinear,
+    that moves no pixel by more than a level; bicubic, whose first pass's overshoot is clipped, edge pixels
+    of the other order by up to ~20 levels on noise, so `decode` is part of bicubic runs' ids
+    (`data.runtime_params`). Images of one shape stack, so a batch costs two
     einsums per distinct shape (a few dozen in an ImageNet batch), not a resize per image. `rows`, `cols`,
     `flip` and `bicubic` are the loader's CPU tensors: copied to the device without blocking, they never wait
     on a CUDA stream."""
@@ -322,8 +327,8 @@ class ImageFolderDataset:
             collate_fn=_collate if on_device else None, pin_memory=device.type == "cuda" and not on_device,
             persistent_workers=self.num_workers > 0)
         if on_device:
-            return _DecodedOnDevice(loader, device, self.img_size, RandAugment.parse(augment) if augment else None,
-                                    random_erasing)
+            policy = RandAugment.parse(augment, interpolation=self.interpolation) if augment else None
+            return _DecodedOnDevice(loader, device, self.img_size, policy, random_erasing)
         return _ToDevice(loader, device)
 
     def train_loader(self, batch_size: int, device, seed: int, augment: str | None = None,
@@ -343,14 +348,18 @@ class ImageFolderDataset:
 
     def _train_transform(self, augment: str | None, random_erasing: float | None):
         """DeiT's order, as timm's create_transform builds it: crop and flip, RandAugment on the PIL image
-        (translations relative to the size, gaps filled with the mean pixel), tensor, normalise, erase."""
+        (translations relative to the size, gaps filled with the mean pixel, the crops' filter unless random),
+        tensor, normalise, erase."""
         from timm.data.auto_augment import rand_augment_transform
         from timm.data.random_erasing import RandomErasing
+        from timm.data.transforms import str_to_pil_interp
         from torchvision import transforms as T
 
-        policy = [rand_augment_transform(augment, {"translate_const": int(self.img_size * 0.45),
-                                                   "img_mean": tuple(round(255 * m) for m in IMAGENET_MEAN)})
-                  ] if augment else []
+        hparams = {"translate_const": int(self.img_size * 0.45),
+                   "img_mean": tuple(round(255 * m) for m in IMAGENET_MEAN)}
+        if self.interpolation != "random":
+            hparams["interpolation"] = str_to_pil_interp(self.interpolation)
+        policy = [rand_augment_transform(augment, hparams)] if augment else []
         erasing = [RandomErasing(random_erasing, mode="pixel", device="cpu")] if random_erasing else []
         return T.Compose([_ResizedCrop(self.img_size, self.interpolation), T.RandomHorizontalFlip(), *policy,
                           T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), *erasing])
