@@ -205,7 +205,9 @@ def switched(x: Tensor, y: Tensor, rng: np.random.Generator, mixup_alpha: float,
 @MIXERS.register()
 def mixup_cutmix(x: Tensor, y: Tensor, rng: np.random.Generator, mixup_alpha: float = 0.8,
                  cutmix_alpha: float = 1.0, switch_prob: float = 0.5) -> MixResult:
-    """DeiT's recipe (Touvron et al. 2021; timm's `Mixup` with its defaults there): one batch CutMix (α 1.0),
-    the next mixup (α 0.8), chosen at random with probability `switch_prob` for CutMix; one λ per batch.
-    timm pairs each sample with the batch's flip, here with a random permutation: the same pairs in law."""
+    """DeiT's recipe (Touvron et al. 2021; timm's `Mixup` with its defaults there): each batch CutMix (α 1.0)
+    with probability `switch_prob`, else mixup (α 0.8); one λ per batch. timm pairs each sample with the
+    batch's flip, here with a random permutation (which may pair a sample with itself). The box is that of the
+    timm DeiT and TransMix pinned (≤ 0.5) and of CutMix's code, ±side//2 around its centre; timm ≥ 1.0 rounds
+    the far side up, 1 pixel larger for odd sides."""
     return switched(x, y, rng, mixup_alpha, cutmix_alpha, switch_prob)
