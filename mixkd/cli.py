@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--time", metavar="HH:MM", help="each job's time limit (required); a job that reaches it "
                                                       "is requeued and its runs resume")
     slurm.add_argument("--gpus-per-node", type=int, metavar="N",
-                       help="GPUs per job (default 1; 0 with --device cpu)")
+                       help="GPUs a node gives a job (default 1; 0 with --device cpu): a lockstep group's "
+                            "job asks one, a run across devices min(devices, N) per node")
     slurm.add_argument("--array-parallelism", type=positive_int, metavar="K",
                        help="most jobs of an array running at once")
     slurm.add_argument("--cluster", choices=["slurm", "local"], default="slurm",

@@ -15,6 +15,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,7 +26,7 @@ from .data import create_dataset
 from .engine import resolve_device
 from .errors import MixkdError
 from .provenance import environment, now
-from .ranks import RankFailed, Ranks, check_devices, launch
+from .ranks import RankFailed, Ranks, Tasks, check_devices, launch
 from .rundir import RunDir
 from .study import Study
 from .trackers import RunTrackers, TrackedJournal
@@ -71,13 +72,14 @@ class Job:
 
 class RunContext:
     """What the runs of one study share within one process: the dataset and the loaded teachers. In a rank of a
-    run across devices (`ranks`), its device is the rank's own."""
+    run across devices (`ranks`), its device is the rank's own. Where a run's ranks are a cluster job's tasks,
+    rank 0's task claims the run with `tasks` (`run_as_task`)."""
 
-    def __init__(self, job: Job, ranks: Ranks | None = None):
-        self.job, self.study, self.out, self.ranks = job, job.study, Path(job.out), ranks
+    def __init__(self, job: Job, ranks: Ranks | None = None, tasks: Tasks | None = None):
+        self.job, self.study, self.out, self.ranks, self.tasks = job, job.study, Path(job.out), ranks, tasks
         self.device = resolve_device(job.device)
-        if ranks is not None and self.device.type == "cuda":
-            self.device = torch.device("cuda", ranks.rank)
+        if ranks is not None and self.device.type == "cuda":  # a task bound to its own GPU sees it alone
+            self.device = torch.device("cuda", ranks.local if torch.cuda.device_count() > 1 else 0)
         self.engine = self.study.file.engine.resolve(self.device)
         self.specs = {r.run_id: r for r in self.study.runs}
         self.env = environment(self.device)
@@ -246,15 +248,16 @@ def devices(spec: RunSpec) -> int:
 
 
 def _across_devices(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> dict:
-    """A run on `recipe.devices` ranks, processes of its own (`mixkd.ranks`), while this one keeps its claim.
-    Rank 0 writes the run's directory as the run trained here alone would; a rank's failure, which ends them
-    all, is recorded here. Its teacher is made ready first (trained here if no runner does), so the ranks
-    only load it."""
-    check_devices(spec.run.recipe, ctx.device)
+    """A run on `recipe.devices` ranks, processes of its own (`mixkd.ranks`), while this one keeps its claim;
+    or, where its ranks are a job's tasks (`ctx.tasks`), with this process as rank 0. Rank 0 writes the run's
+    directory as the run trained here alone would; a rank's failure, which ends them all, is recorded here.
+    Its teacher is made ready first (trained here if no runner does), so the ranks only load it."""
+    check_devices(spec.run.recipe, ctx.device, spread=ctx.tasks is not None)
     started, clock = now(), time.perf_counter()
     try:
         ctx.teacher(spec)
-        (summary,) = launch(_rank, (ctx.job, spec.run_id), devices(spec))
+        args = (ctx.job, spec.run_id)
+        (summary,) = launch(_rank, args, devices(spec)) if ctx.tasks is None else ctx.tasks.lead(_rank, args)
         return summary
     except TeacherNotReady as e:
         return skipped(spec, str(e))
@@ -270,11 +273,24 @@ def _across_devices(spec: RunSpec, rundir: RunDir, ctx: RunContext) -> dict:
     return summary
 
 
-def _rank(ranks: Ranks, port: int, job: Job, run_id: str) -> list[dict] | None:
-    """One rank of a run across devices (`launch`'s target): rank 0 trains, analyses and records it as
-    `_run_group` does any run, and returns its summary; the others train alone, writing nothing."""
+def run_as_task(tasks: Tasks, job: Job, run_id: str) -> list[dict] | None:
+    """One rank of a run across devices whose ranks are the tasks of one cluster job (`ranks.Tasks`): rank 0
+    claims the run as `execute_group` does any run, and returns its summary; the others return None."""
+    if not tasks.ranks.lead:
+        return tasks.follow(_rank, (job, run_id))
+    ctx = RunContext(job, tasks=tasks)
+    try:
+        return execute_group([ctx.specs[run_id]], ctx)
+    finally:  # unless told to train (`Tasks.lead`), as when another runner holds the run, the others end
+        tasks.tell(False)
+
+
+def _rank(ranks: Ranks, join: Callable[[torch.device], None], job: Job, run_id: str) -> list[dict] | None:
+    """One rank of a run across devices (the target of `launch`, or of `Tasks`): rank 0 trains, analyses and
+    records it as `_run_group` does any run, and returns its summary; the others train alone, writing
+    nothing."""
     ctx = RunContext(job, ranks)
-    ranks.join(ctx.device, port)
+    join(ctx.device)
     spec, rundir = ctx.specs[run_id], RunDir(ctx.out, run_id)
     if ranks.lead:
         return _run_group([(spec, rundir)], ctx)

@@ -1,20 +1,28 @@
 """The Slurm executor without a cluster: submitit's local cluster trains a study to the local executor's
 numbers, a preempted job is requeued and resumes, a killed one resumes on the next run; the sbatch files it
-writes for a real Slurm (a stand-in `sbatch` on the PATH) ask for what the command line says."""
+writes for a real Slurm (a stand-in `sbatch` on the PATH) ask for what the command line says. A run across
+devices is a job with a task per rank: on the local cluster it trains the local executor's numbers and resumes
+when preempted; its ranks train only once rank 0 says so, and a failed rank's error is the run's."""
 
+import contextlib
+import multiprocessing
 import os
 import signal
 import stat
+from pathlib import Path
 
 import pytest
-from tiny import TIMEOUT, poll, run, start, summaries, write
+import torch
+import torch.distributed as dist
+from tiny import RECIPE, TIMEOUT, poll, run, start, summaries, tiny_study, write
 
 from mixkd.cli import main
 from mixkd.compare import first_difference
 from mixkd.engine import lockstep_groups
 from mixkd.errors import MixkdError
 from mixkd.executors import SlurmOptions
-from mixkd.executors.slurm import LIVE, GroupJob, JobLog, _executor, _submit, _submitted, minutes
+from mixkd.executors.slurm import LIVE, GroupJob, JobLog, _asks, _executor, _submit, _submitted, minutes
+from mixkd.ranks import RankFailed, Ranks, Tasks, free_port
 from mixkd.rundir import RunDir
 from mixkd.study import load_study
 from mixkd.work import Job, RunContext
@@ -179,22 +187,158 @@ def test_runs_whose_job_is_still_queued_or_running_are_not_submitted_again(tmp_p
     job = Job(study, tmp_path / "out", device="cpu")
     JobLog(job.out, "local").add([(r.run_id, str(os.getpid())) for r in study.runs])  # this process: alive
     groups = lockstep_groups(study.runs, 8)
-    assert list(_submitted(None, groups, job, "local")) == []  # nothing to submit, nothing to wait for
+    assert list(_submitted(None, groups, job, "local", {})) == []  # nothing to submit, nothing to wait for
     assert f"{len(study.runs)} runs are in jobs still queued or running ({os.getpid()})" in capsys.readouterr().out
 
 
-def test_runs_across_devices_go_in_arrays_of_their_own_asking_for_their_devices(tmp_path, monkeypatch):
+def submitted_scripts(tmp_path, monkeypatch, students: dict, options: SlurmOptions) -> list[str]:
+    """The sbatch scripts a study of a teacher and `students` is submitted as, to the stand-in Slurm."""
     capture = tmp_path / "scripts"
     capture.mkdir()
     fake_slurm(tmp_path / "bin", capture)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr("mixkd.executors.slurm._results", lambda jobs: iter(()))  # no waiting on fake jobs
-    study = load_study(write(tmp_path, {**STUDY, "students": {"wide": {"model": "cnn_tiny", "recipe": {
-        "epochs": 2, "devices": 2}}}, "resources": {"cpus_per_run": 3}}))
+    study = load_study(write(tmp_path, {**STUDY, "students": students, "resources": {"cpus_per_run": 3}}))
     ctx = RunContext(Job(study, tmp_path / "out", device="auto"))
-    executor, gpus = _executor(SlurmOptions(time="10"), ctx)
-    assert list(_submitted(executor, lockstep_groups(study.runs, 8), ctx.job, "slurm", gpus, 3)) == []
-    teachers, students = (capture / "0.sh").read_text(), (capture / "1.sh").read_text()
+    executor, gpus = _executor(options, ctx)
+    groups = lockstep_groups(study.runs, 8)
+    assert list(_submitted(executor, groups, ctx.job, "slurm", _asks(groups, gpus, 3, options))) == []
+    return [(capture / f"{n}.sh").read_text() for n in range(len(list(capture.iterdir())))]
+
+
+def test_runs_across_devices_go_in_arrays_of_their_own_with_a_task_per_rank(tmp_path, monkeypatch):
+    teachers, students = submitted_scripts(tmp_path, monkeypatch, {"wide": {"model": "cnn_tiny", "recipe": {
+        "epochs": 2, "devices": 2}}}, SlurmOptions(time="10"))
     assert "#SBATCH --gpus-per-node=1\n" in teachers and "#SBATCH --cpus-per-task=3\n" in teachers
-    assert "#SBATCH --gpus-per-node=2\n" in students and "#SBATCH --cpus-per-task=6\n" in students
-    assert "#SBATCH --dependency=afterany:100\n" in students and not (capture / "2.sh").exists()
+    assert "--kill-on-bad-exit" not in teachers
+    for line in ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=3",
+                 "--dependency=afterany:100"):  # no --gpus-per-node: all its ranks on one node, a GPU each
+        assert f"#SBATCH {line}\n" in students, students
+    assert "srun --unbuffered" in students and "--kill-on-bad-exit=1" in students
+
+
+def test_a_run_across_more_devices_than_gpus_per_node_spans_nodes_and_one_failed_rank_ends_them(tmp_path,
+                                                                                               monkeypatch):
+    wider = {"model": "cnn_tiny", "recipe": {"epochs": 2, "devices": 4}}
+    teachers, students = submitted_scripts(tmp_path, monkeypatch, {"wider": wider},
+                                           SlurmOptions(time="10", gpus_per_node=2))
+    assert "#SBATCH --gpus-per-node=1\n" in teachers  # a group on one device asks one GPU of the node's 2
+    for line in ("--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=3"):
+        assert f"#SBATCH {line}\n" in students, students
+    srun = next(line for line in students.splitlines() if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun.split()
+
+
+def test_a_run_whose_devices_do_not_fill_whole_nodes_is_one_line_before_anything_is_submitted(tmp_path,
+                                                                                             monkeypatch, capsys):
+    capture = tmp_path / "scripts"
+    capture.mkdir()
+    fake_slurm(tmp_path / "bin", capture)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    path = write(tmp_path, {**STUDY, "students": {"wider": {"model": "cnn_tiny", "recipe": {"devices": 4}}}})
+    assert run(path, tmp_path / "out", "--executor", "slurm", "--time", "10", "--gpus-per-node", "3") == 2
+    err = capsys.readouterr().err
+    assert "recipe.devices: 4" in err and "--gpus-per-node 3" in err and len(err.strip().splitlines()) == 1, err
+    assert not list(capture.iterdir()) and not (tmp_path / "out" / "runs").exists()
+
+
+# --- one run across devices as a job with a task per rank -------------------------------------------------------
+
+# tests/test_ddp.py's model: LayerNorm, no BatchNorm, so 2 ranks train what one process trains
+VIT = {"model": "timm/vit_tiny_patch16_224", "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1,
+                                                            "num_heads": 2}}
+RANKS_STUDY = tiny_study("ranks", recipe={**RECIPE, "epochs": 20},
+                         students={"two": {**VIT, "recipe": {"devices": 2}}}, baselines=False)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The study of a 2-rank run, trained by the local executor (its launcher spawns the ranks)."""
+    tmp = tmp_path_factory.mktemp("ranks")
+    path, reference = write(tmp, RANKS_STUDY), tmp / "reference"
+    assert run(path, reference) == 0
+    study = load_study(path)
+    return path, reference, study, next(r.run_id for r in study.runs if r.role == "student")
+
+
+def test_on_submitits_local_cluster_a_run_across_devices_is_a_task_per_rank_with_the_local_numbers(two_ranks,
+                                                                                                  tmp_path):
+    path, reference, study, two = two_ranks
+    out = tmp_path / "out"
+    assert run(path, out, *LOCAL) == 0
+    assert summaries(out, study)[two]["status"] == "complete"
+    assert first_difference(out, reference) is None  # `mixkd compare`: the same tables
+    job = JobLog(out).latest()[two][0]
+    assert {p.name for p in (out / "slurm" / job).glob("*_log.out")} == {f"{job}_0_log.out", f"{job}_1_log.out"}
+
+
+def task_of_rank(out, run_id: str, rank: int) -> int:
+    """The process of rank `rank` of run `run_id`'s job (the local cluster's tasks are its controller's
+    children, each told its rank in SUBMITIT_LOCAL_GLOBALID)."""
+    controller = JobLog(out).latest()[run_id][0]
+    for child in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():
+        if f"SUBMITIT_LOCAL_GLOBALID={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no task of rank {rank} under {controller}")
+
+
+def test_a_preempted_job_of_a_runs_ranks_is_requeued_and_every_rank_resumes_to_the_same_numbers(two_ranks,
+                                                                                               tmp_path):
+    path, reference, study, two = two_ranks
+    out = tmp_path / "preempted"
+    runner = start(path, out, *LOCAL)
+    poll(lambda: len(RunDir(out, two).read_epochs()) >= 3 and os.path.exists(f"{out}/slurm/jobs.jsonl"), runner,
+         "the 2-rank run's third epoch")
+    os.kill(task_of_rank(out, two, 0), signal.SIGUSR2)  # Slurm's signal: rank 0's task requeues the job
+    log = runner.communicate(timeout=TIMEOUT)[0]
+    assert runner.returncode == 0, log
+    resumed = summaries(out, study)[two]
+    assert 0 < resumed["resumed_from_epoch"] < 20, log
+    assert first_difference(out, reference) is None
+
+
+def fails_on_rank_1(ranks, join) -> float:
+    """A rank's work: join, and one all-reduce, which rank 1 fails before."""
+    join(torch.device("cpu"))
+    if ranks.rank == 1:
+        raise ValueError("its shard is bad")
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    return total.item()
+
+
+def task(rank: int, port: int, train: bool, outcomes) -> None:
+    """One task of a 2-task job, whose rank 0 tells rank 1 to train (`fails_on_rank_1`), or not."""
+    tasks = Tasks(Ranks(rank, 2, rank), "127.0.0.1", port)
+    if rank:
+        with contextlib.suppress(ValueError):
+            outcomes.put((rank, tasks.follow(fails_on_rank_1, ())))
+        return
+    if not train:
+        tasks.tell(False)
+        return outcomes.put((0, None))
+    try:
+        outcomes.put((0, tasks.lead(fails_on_rank_1, ())))
+    except RankFailed as e:
+        outcomes.put((0, e.line))
+
+
+@pytest.mark.parametrize("train, expected", [(False, {0: None, 1: None}),  # it ends at once, and rank 0 with it
+                                             (True, {0: "rank 1: ValueError: its shard is bad"})])
+def test_a_jobs_tasks_train_only_once_rank_0_says_so_and_it_records_the_error_of_a_failed_rank(train, expected):
+    spawn = multiprocessing.get_context("spawn")
+    outcomes, port = spawn.SimpleQueue(), free_port()
+    ranks = [spawn.Process(target=task, args=(rank, port, train, outcomes)) for rank in (1, 0)]  # 1 waits for 0
+    for p in ranks:
+        p.start()
+    try:
+        for p in ranks:
+            p.join(TIMEOUT)
+    finally:
+        for p in ranks:
+            p.kill()
+    got = {}
+    while not outcomes.empty():
+        got.update([outcomes.get()])
+    assert got == expected
+    assert [p.exitcode for p in ranks] == [0, 0]

@@ -19,7 +19,7 @@ class SlurmOptions:
     """What each Slurm job of a study asks for (`mixkd run --executor slurm`); none of it enters a run id."""
 
     partition: str | None = None
-    gpus_per_node: int | None = None  # unset: 1 unless the runs train on the CPU (--device cpu)
+    gpus_per_node: int | None = None  # a node's GPUs for a job; unset: 1 (a run across N: N), 0 on the CPU
     time: str | None = None  # the jobs' time limit, Slurm's [D-]HH:MM[:SS] or minutes
     array_parallelism: int | None = None  # most jobs of one array running at once (Slurm's %K)
     cluster: str = "slurm"  # local: submitit runs the jobs as processes here, to try a study's Slurm setup

@@ -1,7 +1,9 @@
 """The Slurm executor: each lockstep group one task of a job array, submitted through submitit.
 
-A run across N devices (`recipe.devices`) is a job of its own array asking N × the GPUs and CPUs; its ranks are
-processes the job starts on its node (`mixkd.ranks`), as the local executor does.
+A run across N devices (`recipe.devices`) is a job of its own array with a task per rank, each task one GPU
+and the CPUs of one run, --gpus-per-node of them on each node (unset: all N on one), so a run can span nodes.
+The tasks meet where submitit says (`TorchDistributedEnvironment`); rank 0's task claims the run and records
+it, as the local executor's launcher does (`mixkd.ranks.Tasks`), and srun ends every task once one fails.
 
 Teachers (and runs that need none) go in a first array; their students in a second that Slurm starts once the
 first has ended (`afterany`: a student whose teacher failed is skipped and stays to do, as everywhere). Every
@@ -27,7 +29,8 @@ from typing import Iterator
 
 from ..errors import MixkdError
 from ..provenance import now
-from ..work import Job, RunContext, devices
+from ..ranks import Ranks, Tasks
+from ..work import Job, RunContext, devices, run_as_task
 from .base import EXECUTORS, ExecutorOptions, Group, SlurmOptions, run_in_worker, teacher_of
 
 JOBS = "jobs.jsonl"
@@ -56,14 +59,21 @@ def minutes(text: str) -> int:
 @dataclass
 class GroupJob:
     """A lockstep group as a submitit job. On preemption or timeout submitit calls `checkpoint` and requeues
-    what it returns: the same group, whose runs resume from their checkpoints. An input error comes back as
-    its one line (submitit would return only a traceback's text)."""
+    what it returns: the same group, whose runs resume from their checkpoints (every rank of a run across
+    devices from the same one). An input error comes back as its one line (submitit would return only a
+    traceback's text). In a job of a run's ranks, each task runs one, and only rank 0's answers; another
+    rank's error ends its task, so that srun ends the job."""
 
     job: Job
     group: Group
 
-    def __call__(self) -> dict:
+    def __call__(self) -> dict | None:
+        tasks = _tasks() if devices(self.group[0]) > 1 else None
+        if tasks is not None and not tasks.ranks.lead:
+            return run_as_task(tasks, self.job, self.group[0].run_id)
         try:
+            if tasks is not None:
+                return {"summaries": run_as_task(tasks, self.job, self.group[0].run_id)}
             return {"summaries": run_in_worker(self.job, self.group)}
         except MixkdError as e:
             return {"error": str(e)}
@@ -72,6 +82,15 @@ class GroupJob:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
+
+
+def _tasks() -> Tasks:
+    """This task's rank in its job, and where the job's tasks meet, as submitit exports them to torch (rank 0's
+    node, a port drawn from the job's id)."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment()
+    return Tasks(Ranks(env.rank, env.world_size, env.local_rank), env.master_addr, env.master_port)
 
 
 @EXECUTORS.register("slurm")
@@ -87,7 +106,31 @@ def slurm(todo: list[Group], ctx: RunContext, options: ExecutorOptions) -> Itera
                          "and its runs resume from their checkpoints)")
     executor, gpus = _executor(opts, ctx)
     cpus = math.ceil(ctx.study.file.resources.cpus_per_run)
-    return _submitted(executor, todo, ctx.job, opts.cluster, gpus, cpus)
+    return _submitted(executor, todo, ctx.job, opts.cluster, _asks(todo, gpus, cpus, opts))
+
+
+def _asks(todo: list[Group], gpus: int, cpus: int, opts: SlurmOptions) -> dict[int, dict]:
+    """What a job asks for, by its runs' devices: a GPU (if the runs use GPUs: `gpus` > 0) and `cpus` for a
+    group of runs on one device each (it trains on one); for a run across N, a task per rank with a GPU and
+    `cpus`, --gpus-per-node tasks to a node (unset: all on one), and srun told to end every task once one
+    fails rather than leave the others waiting in a collective. Raises, before anything is submitted, where N
+    does not fill whole nodes."""
+    asks = {}
+    for n in sorted({devices(g[0]) for g in todo}):
+        per_node = min(n, opts.gpus_per_node or n)
+        if n % per_node:
+            raise MixkdError(f"recipe.devices: {n} devices do not fill whole nodes of --gpus-per-node "
+                             f"{opts.gpus_per_node}: give such runs a multiple of {per_node} devices, or at "
+                             f"most {per_node}")
+        if opts.cluster == "local" and n > per_node:
+            raise MixkdError(f"recipe.devices: {n} devices at --gpus-per-node {opts.gpus_per_node} span "
+                             f"{n // per_node} nodes, and --cluster local has one: leave --gpus-per-node out")
+        one = dict(nodes=1, tasks_per_node=1, gpus_per_node=min(gpus, 1), slurm_srun_args=None)
+        asks[n] = one if n == 1 else dict(nodes=n // per_node, tasks_per_node=per_node,
+                                          gpus_per_node=per_node if gpus else 0,
+                                          slurm_srun_args=["--kill-on-bad-exit=1"])
+        asks[n]["cpus_per_task"] = cpus
+    return asks
 
 
 def _executor(opts: SlurmOptions, ctx: RunContext):
@@ -110,8 +153,7 @@ def _executor(opts: SlurmOptions, ctx: RunContext):
     return executor, gpus
 
 
-def _submitted(executor, todo: list[Group], job: Job, cluster: str, gpus: int = 0, cpus: int = 1
-               ) -> Iterator[dict]:
+def _submitted(executor, todo: list[Group], job: Job, cluster: str, asks: dict[int, dict]) -> Iterator[dict]:
     log = JobLog(job.out, cluster)
     queued = log.live()
     groups = [kept for group in todo if (kept := [s for s in group if s.run_id not in queued])]
@@ -129,7 +171,7 @@ def _submitted(executor, todo: list[Group], job: Job, cluster: str, gpus: int = 
                 jobs = []
             after = [j.job_id for j in jobs]
             for n in sorted({devices(g[0]) for g in wave}):  # an array per size: its jobs ask alike
-                executor.update_parameters(gpus_per_node=gpus * n, cpus_per_task=cpus * n)
+                executor.update_parameters(**asks[n])
                 jobs += _submit(executor, [g for g in wave if devices(g[0]) == n], job, log, after)
         yield from _results(jobs)
         template = job.out / "slurm" / "%j"  # submitit's folder template, made a folder of its own: empty
@@ -160,17 +202,19 @@ def _job_list(jobs: list) -> str:
 
 
 def _results(jobs: list) -> Iterator[dict]:
-    """Summaries of each job's runs as it ends. A job that ended without them (killed, out of memory, out of
-    requeues) is said, with its log; its runs stay to do, and running the study again resumes them."""
+    """Summaries of each job's runs as it ends (of a run's ranks, rank 0's task has them). A job that ended
+    without them (killed, out of memory, out of requeues) is said, with its log; its runs stay to do, and
+    running the study again resumes them."""
     from submitit.helpers import as_completed
 
     for done in as_completed(jobs, poll_frequency=1 if jobs and _is_local(jobs[0]) else 15):
+        lead = done.task(0)  # the job itself where it has one task
         try:
-            out = done.result()
+            out = lead.result()
         except Exception as e:  # submitit's FailedJobError / UncompletedJobError
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warnings.warn(f"job {done.job_id} ended without finishing its runs ({reason}); they stay to do: run the "
-                          f"study again to resume them (log: {done.paths.stderr})", stacklevel=2)
+                          f"study again to resume them (log: {lead.paths.stderr})", stacklevel=2)
             continue
         if "error" in out:
             raise MixkdError(out["error"])
