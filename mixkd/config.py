@@ -160,6 +160,7 @@ class Recipe:
     ema_decay: float | None = None  # keep an EMA of the weights (timm's ModelEmaV3; DeiT: 0.99996), evaluated too
     augment: str | None = None  # timm RandAugment on the training images, e.g. DeiT's "rand-m9-mstd0.5-inc1"
     random_erasing: float | None = None  # the probability of erasing a box of each training image (DeiT: 0.25)
+    repeated_augment: int | None = None  # DeiT's repeated augmentation: each drawn image this many times (DeiT: 3)
     # data-parallel over this many devices (`mixkd.ranks`), `batch_size` the global batch; hashed when > 1: each
     # rank's BatchNorm statistics and mixing draws are its own, so a run on 2 devices computes something else
     devices: int = 1
@@ -171,20 +172,25 @@ class Recipe:
                       "optimizer": Component.from_dict(d.get("optimizer", SGD.as_dict()))})
 
     def as_dict(self) -> dict:
-        later = ("optimizer", "clip_grad", "clip_mode", "ema_decay", "augment", "random_erasing", "devices",
-                 "sync_bn")
+        later = ("optimizer", "clip_grad", "clip_mode", "ema_decay", "augment", "random_erasing",
+                 "repeated_augment", "devices", "sync_bn")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in later}
         d["schedule"] = self.schedule.as_dict()
         if self.optimizer != SGD:
             d["optimizer"] = self.optimizer.as_dict()
         if self.clip_grad is not None:
             d |= {"clip_grad": self.clip_grad, "clip_mode": self.clip_mode}
-        for key in ("ema_decay", "augment", "random_erasing"):
+        for key in ("ema_decay", "augment", "random_erasing", "repeated_augment"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         if self.devices > 1:
             d["devices"] = self.devices
         return d | ({"sync_bn": True} if self.sync_bn else {})
+
+    def loader_options(self) -> dict:
+        """What the training loader draws beside its batches, where set: a dataset's `train_loader` keywords."""
+        return {k: getattr(self, k) for k in ("augment", "random_erasing", "repeated_augment")
+                if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)

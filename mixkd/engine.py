@@ -134,15 +134,15 @@ class DeviceEngine:
 def lockstep_key(spec: RunSpec) -> str | None:
     """Runs with equal keys see identical batches, mixes and teacher outputs when trained alone with their
     seed, so they can share them: same teacher, data, batch size, epochs (a method's pre-training epochs
-    included), RandAugment and random erasing, mixing variant and seed. They may differ in student,
-    temperature, loss, mixed view and the rest of the recipe. Imported teachers train nothing, and a run across devices trains in processes of its own
-    (`mixkd.ranks`): no key."""
+    included), what the loader draws beside the batches (`Recipe.loader_options`), mixing variant and seed.
+    They may differ in student, temperature, loss, mixed view and the rest of the recipe. Imported teachers
+    train nothing, and a run across devices trains in processes of its own (`mixkd.ranks`): no key."""
     run = spec.run
     if run.imported or run.recipe.devices > 1:
         return None
     shared = {"teacher": run.teacher, "dataset": run.dataset.as_dict(), "mix": run.mix.as_dict(),
               "seed": run.seed, "batch_size": run.recipe.batch_size, "epochs": run.epochs,
-              **{k: getattr(run.recipe, k) for k in ("augment", "random_erasing") if getattr(run.recipe, k)}}
+              **run.recipe.loader_options()}
     return json.dumps(shared, sort_keys=True)
 
 

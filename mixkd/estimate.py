@@ -121,7 +121,7 @@ def batch_seconds(run: RunConfig, data, engine: DeviceEngine) -> float:
     """Drawing a training batch (with the recipe's augmentation) and mixing it, as a lockstep group does once
     for its runs (`train.Lockstep.of`)."""
     r = run.recipe
-    extra = {k: getattr(r, k) for k in ("augment", "random_erasing") if getattr(r, k, None)}
+    extra = r.loader_options()
     batches = itertools.chain.from_iterable(itertools.repeat(data.train_loader(r.batch_size, engine.device,
                                                                                 run.seed, **extra)))
     mixer, rng = Mixer.of(run.mix), mixing_rng(run.seed)

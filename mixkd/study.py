@@ -315,6 +315,9 @@ def _recipe(overrides: dict, path: str, base: Recipe | None = None, images: int 
     if recipe.random_erasing is not None and not 0 < recipe.random_erasing <= 1:
         raise ConfigError(f"{path}.random_erasing", f"must be in (0, 1], e.g. DeiT's 0.25, got "
                                                     f"{recipe.random_erasing!r}")
+    if recipe.repeated_augment is not None and recipe.repeated_augment < 2:
+        raise ConfigError(f"{path}.repeated_augment", f"must be ≥ 2, e.g. DeiT's 3 (leave it out for no "
+                                                      f"repetition), got {recipe.repeated_augment!r}")
     if recipe.ema_decay is not None and not 0 < recipe.ema_decay < 1:
         raise ConfigError(f"{path}.ema_decay", f"must be in (0, 1), e.g. DeiT's 0.99996, got "
                                                f"{recipe.ema_decay!r}")

@@ -299,7 +299,7 @@ class Lockstep:
         generator and loader their seed and recipe give, at the shared streams' state they resume from. Across
         devices (a group of one), the loader yields this rank's shard of each batch."""
         lead, ranks = members[0], members[0].ranks
-        options = {k: getattr(lead.recipe, k) for k in ("augment", "random_erasing") if getattr(lead.recipe, k)}
+        options = lead.recipe.loader_options()
         if ranks is not None:
             options["shard"] = (ranks.rank, ranks.world)
         loader = data.train_loader(lead.recipe.batch_size, engine.device, lead.run.seed, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from scipy import stats
 from torchvision import transforms as T
 
 from mixkd.data import DeviceLoader, InMemoryDataset, create_dataset
+from mixkd.data.loader import epoch_order
 from mixkd.data.cifar import CIFAR10_FILES, CIFAR100_FILES, CIFAR100_MEAN, CIFAR100_STD
 from mixkd.data.split import hold_out_val, stratified_holdout
 from mixkd.errors import MixkdError
@@ -95,6 +97,43 @@ def test_every_sample_once_per_epoch_and_labels_follow_images():
     assert not torch.equal(*epochs)  # a fresh permutation each epoch
     dropped = DeviceLoader(x, torch.arange(1000), 64, **RAW, shuffle=True, drop_last=True)
     assert len(dropped) == 15 and len(torch.cat([y for _, y in dropped]).unique()) == 960
+
+
+def rasampler_stream(perm: torch.Tensor, repeats: int, world: int, rank: int) -> list[int]:
+    """DeiT's RASampler (facebookresearch/deit samplers.py) for one epoch's permutation, as it deals the indices
+    to rank `rank` of `world`; its epoch cut to n // world per rank here, where DeiT's rounds n down to 256s."""
+    indices = torch.repeat_interleave(perm, repeats).tolist()
+    total = math.ceil(len(perm) * repeats / world) * world
+    indices += indices[:total - len(indices)]
+    return indices[rank:total:world][:len(perm) // world]
+
+
+@pytest.mark.parametrize("n, world, per_rank", [(10, 1, 4), (37, 2, 3), (37, 3, 5), (64, 4, 16)])
+def test_repeated_augmentation_deals_each_rank_deits_stream_in_global_batches(n, world, per_rank):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    order = epoch_order(perm, per_rank * world, 3, world)
+    slices = [b.tensor_split(world) for b in order.split(per_rank * world)]
+    for rank in range(world):
+        assert torch.cat([s[rank] for s in slices]).tolist() == rasampler_stream(perm, 3, world, rank)
+    assert len(order) == n // world * world and torch.equal(epoch_order(perm, 8), perm)
+    if world == 1:  # each image three times in a row, ~a third of the images an epoch
+        assert torch.equal(order, perm.repeat_interleave(3)[:n])
+
+
+def test_a_repeating_loader_augments_each_copy_on_its_own_and_its_ranks_get_deits_streams():
+    x = coordinate_images(60)
+    options = dict(**RAW, shuffle=True, crop_padding=4, flip=True, seed=0, repeats=3)
+    one = DeviceLoader(x, torch.arange(60), 12, **options)
+    assert len(one) == 5
+    batches = list(one)
+    ids = torch.cat([y for _, y in batches])
+    assert len(ids) == 60 and (ids.view(-1, 3) == ids.view(-1, 3)[:, :1]).all()  # triples
+    views = torch.cat([xb for xb, _ in batches]).view(20, 3, -1)
+    assert sum(len({tuple(v.tolist()) for v in triple}) > 1 for triple in views) > 15  # its own crop and flip
+    perm = torch.randperm(60, generator=torch.Generator().manual_seed(0))  # the loader's first draw
+    for rank in range(2):
+        mine = DeviceLoader(x, torch.arange(60), 12, **options, shard=(rank, 2))
+        assert torch.cat([y for _, y in mine]).tolist() == rasampler_stream(perm, 3, 2, rank)
 
 
 @pytest.mark.parametrize("device", DEVICES)

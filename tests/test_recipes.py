@@ -19,7 +19,7 @@ from mixkd.optimizers import OPTIMIZERS, build_optimizer
 from mixkd.schedules import SCHEDULES
 from mixkd.study import parse_study
 from mixkd.train import Lockstep, Member
-from tiny import comparable, run, tiny_study, write
+from tiny import comparable, image_folder, run, tiny_study, write
 
 CPU = torch.device("cpu")
 DEIT = {"optimizer": {"name": "adamw", "betas": [0.9, 0.95]}, "lr": 2e-3, "weight_decay": 0.05, "clip_grad": 0.5,
@@ -92,6 +92,7 @@ def test_the_default_optimizer_moves_no_run_id_and_new_settings_do():
     ({"optimizer": {"name": "adamw", "betas": [0.9]}}, "students.s.recipe.optimizer: adamw cannot be built"),
     ({"augment": "rand-m9-inc1-zz"}, "recipe.augment: augment 'rand-m9-inc1-zz': unknown section 'zz'"),
     ({"ema_decay": 1}, "students.s.recipe.ema_decay: must be in (0, 1)"),
+    ({"repeated_augment": 1}, "students.s.recipe.repeated_augment: must be ≥ 2, e.g. DeiT's 3"),
 ])
 def test_bad_recipe_settings_are_one_line(recipe, says):
     with pytest.raises(ConfigError) as e:
@@ -166,6 +167,23 @@ def test_randaugment_and_erasing_are_drawn_on_the_device_by_run_seed_and_keep_lo
     study = tiny_study("augmented", recipe={**tiny_study("x")["recipe"], "augment": "rand-m9-mstd0.5-inc1",
                                             "random_erasing": 0.25})
     assert run(write(tmp_path, study), tmp_path / "out") == 0
+
+
+def test_repeated_augmentation_is_in_the_id_and_lockstep_key_and_trains_on_both_kinds_of_data(tmp_path):
+    repeated = scratch({"repeated_augment": 3})
+    assert repeated.config["recipe"]["repeated_augment"] == 3 and "repeated_augment" not in scratch({}).config[
+        "recipe"]
+    assert repeated.run_id != scratch({}).run_id and lockstep_key(repeated) != lockstep_key(scratch({}))
+    study = tiny_study("repeated", recipe={**tiny_study("x")["recipe"], "repeated_augment": 3})
+    assert run(write(tmp_path, study), tmp_path / "out") == 0
+    folder = create_dataset("imagefolder", image_folder(tmp_path / "images", per_class=10, size=20, suffix="jpg"),
+                            img_size=16, num_workers=0)
+    for world in (1, 2):  # each rank's stream, dealt back in turn, is each image three times in a row
+        streams = [torch.cat([i for *_, i in folder.train_loader(6, CPU, seed=0, shard=(rank, world),
+                                                                 repeated_augment=3)]) for rank in range(world)]
+        dealt = torch.stack(streams, 1).reshape(-1)
+        assert len(dealt) == 30 and (dealt.view(10, 3) == dealt.view(10, 3)[:, :1]).all()
+        assert len(dealt.unique()) == 10
 
 
 def test_a_bad_randaugment_string_is_one_line_naming_the_field():

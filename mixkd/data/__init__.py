@@ -48,12 +48,13 @@ class Dataset(Protocol):
     train_targets: Tensor  # (num_train_images,) the training images' labels, by dataset index
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None,
-                     shard: tuple[int, int] = (0, 1)) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+                     random_erasing: float | None = None, shard: tuple[int, int] = (0, 1),
+                     repeated_augment: int | None = None) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
         """Batches (x, y, index): index is each sample's position in the training set. `augment`: a timm
         RandAugment string (`rand-m9-mstd0.5-inc1`) applied after the dataset's own augmentation;
         `random_erasing`: the probability of erasing a box of each normalised image (timm's); `shard` (rank,
-        world): that rank's part of every batch of `batch_size`, for a run across devices."""
+        world): that rank's part of every batch of `batch_size`, for a run across devices; `repeated_augment`:
+        each image that many times in a row, dealt round the ranks (`loader.epoch_order`)."""
 
     def eval_loader(self, batch_size: int, device: torch.device) -> Iterable[tuple[Tensor, Tensor]]: ...
 
@@ -91,11 +92,12 @@ class InMemoryDataset:
         return self.train_y
 
     def train_loader(self, batch_size: int, device: torch.device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None, shard: tuple[int, int] = (0, 1)) -> DeviceLoader:
+                     random_erasing: float | None = None, shard: tuple[int, int] = (0, 1),
+                     repeated_augment: int | None = None) -> DeviceLoader:
         return DeviceLoader(self.train_x, self.train_y, batch_size, self.mean, self.std, device=device,
                             shuffle=True, crop_padding=self.crop_padding, flip=self.flip, seed=seed, indexed=True,
                             randaugment=RandAugment.parse(augment) if augment else None,
-                            random_erasing=random_erasing, shard=shard)
+                            random_erasing=random_erasing, shard=shard, repeats=repeated_augment)
 
     def eval_loader(self, batch_size: int, device: torch.device) -> DeviceLoader:
         return DeviceLoader(self.eval_x, self.eval_y, batch_size, self.mean, self.std, device=device)

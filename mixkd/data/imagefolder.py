@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import MixkdError
 from . import DATASETS
 from .erasing import random_erasing as erase
-from .loader import _one_thread
+from .loader import _one_thread, epoch_order
 from .randaugment import RandAugment
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -44,18 +44,22 @@ FILTERS = ("bilinear", "bicubic")  # PIL's, by the index a `random` crop draws
 
 
 class _Shard:
-    """A rank's part (a contiguous slice) of each batch of a seeded permutation, for a run across devices: every
-    rank draws the permutation RandomSampler would from the same generator, so together the ranks go through the
-    batches one process would."""
+    """A rank's part (a contiguous slice) of each batch of a seeded permutation, for a run across devices or with
+    repeated augmentation (`epoch_order`): every rank draws the permutation RandomSampler would from the same
+    generator, so together the ranks go through the batches one process would."""
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int, world: int):
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int, world: int,
+                 repeats: int | None = None):
         self.n, self.batch_size, self.generator, self.rank, self.world = n, batch_size, generator, rank, world
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return -(-(self.n // self.world * self.world if self.repeats else self.n) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in torch.randperm(self.n, generator=self.generator).split(self.batch_size):
+        order = epoch_order(torch.randperm(self.n, generator=self.generator), self.batch_size, self.repeats,
+                            self.world)
+        for batch in order.split(self.batch_size):
             yield batch.tensor_split(self.world)[self.rank].tolist()
 
 
@@ -318,10 +322,10 @@ class ImageFolderDataset:
         self.train_targets = torch.as_tensor(self.train.targets)
 
     def _loader(self, ds, batch_size: int, device, generator: torch.Generator | None, shard=(0, 1),
-                augment: str | None = None, random_erasing: float | None = None):
+                augment: str | None = None, random_erasing: float | None = None, repeats: int | None = None):
         device, on_device = torch.device(device), self.decode == "device"
-        batches = {"batch_sampler": _Shard(len(ds), batch_size, generator, *shard)} if shard[1] > 1 else \
-            {"batch_size": batch_size, "shuffle": generator is not None}
+        batches = ({"batch_sampler": _Shard(len(ds), batch_size, generator, *shard, repeats)}
+                   if shard[1] > 1 or repeats else {"batch_size": batch_size, "shuffle": generator is not None})
         loader = torch.utils.data.DataLoader(
             ds, **batches, generator=generator, num_workers=self.num_workers,
             collate_fn=_collate if on_device else None, pin_memory=device.type == "cuda" and not on_device,
@@ -332,19 +336,21 @@ class ImageFolderDataset:
         return _ToDevice(loader, device)
 
     def train_loader(self, batch_size: int, device, seed: int, augment: str | None = None,
-                     random_erasing: float | None = None,
-                     shard: tuple[int, int] = (0, 1)) -> _ToDevice | _DecodedOnDevice:
+                     random_erasing: float | None = None, shard: tuple[int, int] = (0, 1),
+                     repeated_augment: int | None = None) -> _ToDevice | _DecodedOnDevice:
         """Seeded shuffling; with num_workers > 0 the workers' augmentation seeds also derive from `seed`.
         `augment`, `random_erasing`: timm's RandAugment and RandomErasing, in the workers (PIL, timm's own
         transforms, as DeiT) or on the device with `decode: device`. `shard` (rank, world): that rank's part
-        of each batch, for a run across devices."""
+        of each batch, for a run across devices; `repeated_augment`: DeiT's, each image that many times in a row
+        (`epoch_order`)."""
         generator = torch.Generator().manual_seed(seed)
         if self.decode == "device":
             encoded = _Encoded(self.train.samples, self.img_size, True, self.interpolation)
-            return self._loader(encoded, batch_size, device, generator, shard, augment, random_erasing)
+            return self._loader(encoded, batch_size, device, generator, shard, augment, random_erasing,
+                                repeated_augment)
         train = copy.copy(self.train)
         train.transform = self._train_transform(augment, random_erasing)
-        return self._loader(_Indexed(train), batch_size, device, generator, shard)
+        return self._loader(_Indexed(train), batch_size, device, generator, shard, repeats=repeated_augment)
 
     def _train_transform(self, augment: str | None, random_erasing: float | None):
         """DeiT's order, as timm's create_transform builds it: crop and flip, RandAugment on the PIL image

@@ -40,6 +40,23 @@ def crop_windows(images: Tensor, padding: int, flip: bool) -> Tensor:
     return flat.as_strided((flat.numel() - span + 1, c, h, w), (1, hp * wp, wp, 1))
 
 
+def epoch_order(perm: Tensor, batch_size: int, repeats: int | None = None, world: int = 1) -> Tensor:
+    """The order an epoch goes through the images in, from its permutation `perm`: `perm` itself, or with
+    `repeats`, DeiT's repeated augmentation (`RASampler`): each image `repeats` times in a row, dealt round the
+    `world` ranks in turn (so its copies land on different devices where there are several), each rank's
+    stream cut to n // world images, so an epoch still sees n images (DeiT rounds it down to a multiple of 256
+    too). Laid out as global batches whose `world` contiguous slices are each rank's next batch_size / world
+    images of its stream, as `DeviceLoader`'s shards are."""
+    if not repeats:
+        return perm
+    n, per_rank = len(perm), batch_size // world
+    dealt = perm.repeat_interleave(repeats)
+    pad = -len(dealt) % world
+    dealt = torch.cat([dealt, dealt[:pad]])  # whole rounds of the ranks, padded as RASampler pads
+    streams = dealt.view(-1, world).t()[:, :n // world]  # rank r: dealt[r], dealt[r + world], ...
+    return torch.cat([streams[:, i:i + per_rank].reshape(-1) for i in range(0, n // world, per_rank)])
+
+
 @contextmanager
 def _one_thread():
     """Run a batch's CPU ops on the calling thread alone.
@@ -71,19 +88,21 @@ class DeviceLoader:
 
     `shard` (rank, world): one rank's part of each batch when a run trains across devices (`mixkd.ranks`). Every
     rank draws the same permutation and the augmentation of the whole global batch from the same seed, then keeps
-    its contiguous slice, so the ranks together see exactly the batches one process would. The price: each rank
+    its contiguous slice, so the ranks together see exactly the batches one process would. `repeats`: DeiT's
+    repeated augmentation (`epoch_order`), each copy of an image augmented on its own. The price: each rank
     augments the global batch, world × the loader's work, which at CIFAR scale is small beside a step.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean, std, *, device="cpu",
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False, seed: int = 0,
                  drop_last: bool = False, indexed: bool = False, randaugment: RandAugment | None = None,
-                 random_erasing: float | None = None, shard: tuple[int, int] = (0, 1)):
+                 random_erasing: float | None = None, shard: tuple[int, int] = (0, 1), repeats: int | None = None):
         device = torch.device(device)
         self.rank, self.world = shard
         images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.indexed = batch_size, shuffle, drop_last, indexed
+        self.repeats = repeats
         self.crop_padding, self.flip = crop_padding, flip
         self.augment = bool(crop_padding or flip)
         self.image_shape = images.shape
@@ -99,13 +118,14 @@ class DeviceLoader:
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.labels) // self.world * self.world if self.repeats else len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, device = len(self.labels), self.labels.device
         order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=device))
+        order = epoch_order(order, self.batch_size, self.repeats, self.world)
         threads = _one_thread if device.type == "cpu" else nullcontext
         for idx in order.split(self.batch_size)[:len(self)]:
             with threads():
