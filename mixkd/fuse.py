@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import SGD
-from .mixing import WITHOUT_RELABEL, Mixer, MixResult
+from .mixing import WITHOUT_RELABEL, Mixer
 from .mixing.base import on_device
 
 
@@ -56,13 +56,12 @@ def fuse_key(member, plain_mix: bool) -> str | None:
 def plain_mixer(mixer: Mixer) -> bool:
     """Whether a student in a mixed view just forwards the mixed images (not manifold mixup's hidden-state mix,
     nor a variant that relabels from the student's forward, like TransMix): only then can its forward be
-    fused. Read off one draw on a dummy batch, but for the relabelling mixers, some of whose draws do not
-    relabel (`mixup_transmix`'s mixup batches)."""
+    fused. Relabelling mixers are those `WITHOUT_RELABEL` names (one draw could miss it: `mixup_transmix`'s
+    mixup batches relabel nothing); a hidden-state mix is read off one draw on a dummy batch."""
     if mixer.name in WITHOUT_RELABEL:
         return False
     x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
-    mix = mixer.fn(x, y, np.random.default_rng(0), **mixer.params)
-    return mix.stage is None and type(mix).forward_student is MixResult.forward_student
+    return mixer.fn(x, y, np.random.default_rng(0), **mixer.params).stage is None
 
 
 class FusedStudents:

@@ -23,20 +23,20 @@ DATASETS: Registry = Registry("dataset", inputs=("root",))
 # an image folder) changes pixels only in their last bits, like an engine's precision, and a run resumed with the
 # other decoder is the same experiment; left out, it also keeps every image-folder run id as it was.
 RUNTIME_PARAMS = frozenset({"download", "num_workers", "decode"})
+# The smallest value of each parameter datasets share by name, checked when a study is read
+MINIMUMS = {"num_classes": 2, "in_chans": 1, "img_size": 1, "train_size": 1, "test_size": 1, "val_size": 0,
+            "split_seed": 0, "seed": 0, "num_workers": 0}
 # Parameters that are a share of something, in (0, 1], checked when a study is read
 FRACTIONS = ("eval_crop",)
 
 
 def runtime_params(spec: dict) -> frozenset[str]:
-    """RUNTIME_PARAMS of a resolved dataset spec. Where an image folder resizes bicubically, `decode` is no runtime
-    detail: PIL chooses the order of its two resampling passes itself (Pillow 13: by the image's shape), and a
-    cubic's overshoot, clipped between them, moves edge pixels by up to ~20 levels (on noise) against the
-    device path's fixed order; so the decoder is part of such runs' ids."""
+    """RUNTIME_PARAMS of a resolved dataset spec. Where an image folder resizes bicubically, `decode` is no
+    runtime detail: PIL chooses the order of its two resampling passes itself (Pillow 13: by the image's
+    shape), and a cubic's overshoot, clipped between them, moves edge pixels by up to ~20 levels (on noise)
+    against the device path's fixed order; so the decoder is part of such runs' ids."""
     bicubic = {spec.get("interpolation"), spec.get("eval_interpolation")} & {"bicubic", "random"}
     return RUNTIME_PARAMS - {"decode"} if bicubic else RUNTIME_PARAMS
-# The smallest value of each parameter datasets share by name, checked when a study is read
-MINIMUMS = {"num_classes": 2, "in_chans": 1, "img_size": 1, "train_size": 1, "test_size": 1, "val_size": 0,
-            "split_seed": 0, "seed": 0, "num_workers": 0}
 
 
 class Dataset(Protocol):

@@ -34,8 +34,8 @@ from torch import Tensor
 from ..errors import MixkdError
 from . import DATASETS
 from .erasing import random_erasing as erase
-from .loader import _one_thread, epoch_order
-from .randaugment import RandAugment
+from .loader import _one_thread, epoch_images, epoch_order
+from .randaugment import RandAugment, cubic_kernel
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's ranges of area fraction and aspect ratio
@@ -54,7 +54,7 @@ class _Shard:
         self.repeats = repeats
 
     def __len__(self) -> int:
-        return -(-(self.n // self.world * self.world if self.repeats else self.n) // self.batch_size)
+        return -(-epoch_images(self.n, self.repeats, self.world) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_order(torch.randperm(self.n, generator=self.generator), self.batch_size, self.repeats,
@@ -208,9 +208,7 @@ def _resample_weights(windows: Tensor, size: int, extent: int, bicubic: Tensor) 
     centre = start + (offset + torch.arange(size, device=windows.device)[:, None] + 0.5) * scale
     pixel = torch.arange(extent, device=windows.device) + 0.5
     d = (pixel - centre).abs() / scale.clamp(min=1)
-    a = -0.5
-    cubic = torch.where(d < 1, ((a + 2) * d - (a + 3)) * d * d + 1, (((d - 5) * d + 8) * d - 4) * a * (d < 2))
-    weights = torch.where(bicubic.view(-1, 1, 1), cubic, (1 - d).clamp(min=0))
+    weights = torch.where(bicubic.view(-1, 1, 1), cubic_kernel(d, -0.5), (1 - d).clamp(min=0))
     weights *= (pixel > start) & (pixel < start + length)  # PIL crops before it resizes
     return weights / weights.sum(-1, keepdim=True)
 
@@ -223,10 +221,9 @@ def _resample(images: list[Tensor], rows: Tensor, cols: Tensor, flip: Tensor, bi
     off). PIL picks which pass goes first itself (Pillow 13 by the image's shape, up to its version): bilinear,
     that moves no pixel by more than a level; bicubic, whose first pass's overshoot is clipped, edge pixels
     of the other order by up to ~20 levels on noise, so `decode` is part of bicubic runs' ids
-    (`data.runtime_params`). Images of one shape stack, so a batch costs two
-    einsums per distinct shape (a few dozen in an ImageNet batch), not a resize per image. `rows`, `cols`,
-    `flip` and `bicubic` are the loader's CPU tensors: copied to the device without blocking, they never wait
-    on a CUDA stream."""
+    (`data.runtime_params`). Images of one shape stack, so a batch costs two einsums per distinct shape (a few
+    dozen in an ImageNet batch), not a resize per image. `rows`, `cols`, `flip` and `bicubic` are the loader's
+    CPU tensors: copied to the device without blocking, they never wait on a CUDA stream."""
     device = images[0].device
     out = torch.empty(len(images), 3, size, size, device=device)
     shapes: dict[tuple[int, int], list[int]] = {}

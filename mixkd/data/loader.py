@@ -40,6 +40,12 @@ def crop_windows(images: Tensor, padding: int, flip: bool) -> Tensor:
     return flat.as_strided((flat.numel() - span + 1, c, h, w), (1, hp * wp, wp, 1))
 
 
+def epoch_images(n: int, repeats: int | None = None, world: int = 1) -> int:
+    """How many of n images an epoch goes through: n, or with repeated augmentation each of `world` ranks'
+    streams cut to n // world (`epoch_order`)."""
+    return n // world * world if repeats else n
+
+
 def epoch_order(perm: Tensor, batch_size: int, repeats: int | None = None, world: int = 1) -> Tensor:
     """The order an epoch goes through the images in, from its permutation `perm`: `perm` itself, or with
     `repeats`, DeiT's repeated augmentation (`RASampler`): each image `repeats` times in a row, dealt round the
@@ -53,8 +59,9 @@ def epoch_order(perm: Tensor, batch_size: int, repeats: int | None = None, world
     dealt = perm.repeat_interleave(repeats)
     pad = -len(dealt) % world
     dealt = torch.cat([dealt, dealt[:pad]])  # whole rounds of the ranks, padded as RASampler pads
-    streams = dealt.view(-1, world).t()[:, :n // world]  # rank r: dealt[r], dealt[r + world], ...
-    return torch.cat([streams[:, i:i + per_rank].reshape(-1) for i in range(0, n // world, per_rank)])
+    length = epoch_images(n, repeats, world) // world
+    streams = dealt.view(-1, world).t()[:, :length]  # rank r: dealt[r], dealt[r + world], ...
+    return torch.cat([streams[:, i:i + per_rank].reshape(-1) for i in range(0, length, per_rank)])
 
 
 @contextmanager
@@ -118,7 +125,7 @@ class DeviceLoader:
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world * self.world if self.repeats else len(self.labels)
+        n = epoch_images(len(self.labels), self.repeats, self.world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -193,15 +193,15 @@ def _bicubic(x: Tensor, grid: Tensor) -> Tensor:
     flat, out = x.reshape(b, c, h * w), torch.zeros_like(x)
     for j in range(-1, 3):
         rows = (y0 + j).clamp(0, h - 1)
-        wy = _cubic(py - y0 - j)
+        wy = cubic_kernel(py - y0 - j)
         for i in range(-1, 3):
             at = (rows * w + (x0 + i).clamp(0, w - 1)).long().view(b, 1, h * w).expand(b, c, h * w)
-            out += (wy * _cubic(px - x0 - i)).unsqueeze(1) * flat.gather(2, at).view(b, c, h, w)
+            out += (wy * cubic_kernel(px - x0 - i)).unsqueeze(1) * flat.gather(2, at).view(b, c, h, w)
     return out
 
 
-def _cubic(d: Tensor, a: float = -1.0) -> Tensor:
-    """The cubic convolution kernel (Keys) at distance d."""
+def cubic_kernel(d: Tensor, a: float = -1.0) -> Tensor:
+    """The cubic convolution kernel (Keys) at distance d: a = -1 is PIL's Image.transform, -0.5 its resize."""
     d = d.abs()
     near = ((a + 2) * d - (a + 3)) * d * d + 1
     far = (((d - 5) * d + 8) * d - 4) * a
